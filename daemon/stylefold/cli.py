@@ -1,0 +1,229 @@
+"""Command line: argv -> config -> logging -> the command. Owns the exit codes.
+
+0 success, 1 a job failed, 2 bad usage or config (SPEC §2). ``main(argv)`` returns the
+code instead of exiting, so tests call it directly. torch is imported only by the
+commands that need it, so ``--help``, ``presets`` and config checks stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+from .presets import Preset, PresetError, PresetLibrary
+
+__all__ = ["main", "build_parser", "parse_set"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stylefold", description="Neural style transfer as a hot-folder service (Gatys et al., VGG19)."
+    )
+    parser.add_argument("--version", action="version", version=f"stylefold {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="stylise images once, writing the same outputs as the daemon")
+    run.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    run.add_argument("--preset", "-p", required=True, help="built-in or presets-dir name, or a preset JSON file")
+    run.add_argument("--out", type=Path, default=Path("stylefold-out"),
+                     help="output folder (results; loss logs in OUT/logs). Default: ./stylefold-out")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a preset key, e.g. --set steps=50 --set output.format=png (repeatable)")
+    _add_engine_options(run)
+    run.set_defaults(func=cmd_run)
+
+    presets = sub.add_parser("presets", help="list, show, validate presets; print their JSON schema")
+    psub = presets.add_subparsers(dest="presets_command", metavar="ACTION", required=True)
+    plist = psub.add_parser("list", help="built-in and presets-dir presets")
+    pshow = psub.add_parser("show", help="a preset's effective keys (extends applied) as JSON")
+    pshow.add_argument("name")
+    pval = psub.add_parser("validate", help="check preset JSON files (keys, ranges, style found)")
+    pval.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    psub.add_parser("schema", help="the preset JSON schema")
+    for p in (plist, pshow, pval):
+        p.add_argument("--root", type=Path, default=None, help="hot-folder root (for its styles/)")
+        p.add_argument("--config", type=Path, default=None)
+    presets.set_defaults(func=cmd_presets)
+
+    bench = sub.add_parser("bench", help="seconds per optimisation step on this machine, by size and precision")
+    bench.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    bench.add_argument("--weights", default="random",
+                       help="weights do not change the speed; default random (no download)")
+    bench.add_argument("--sizes", default="128,512", help="comma-separated short sides (default 128,512)")
+    bench.add_argument("--precisions", default=None, help="comma-separated: fp32,bf16,fp16 (default: what the device supports)")
+    bench.add_argument("--presets", default="book,gatys", help="comma-separated built-in presets")
+    bench.add_argument("--steps", type=int, default=5, help="timed steps per case (default 5, after 2 warm-up)")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--weights", default=None,
+                   help="imagenet (default; downloaded once), a .pth state dict of torchvision's vgg19, or random")
+    p.add_argument("--config", type=Path, default=None, help="stylefold.toml (default: $STYLEFOLD_CONFIG)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or bad usage (2)
+        return int(exc.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from .progress import configure_logging
+
+    configure_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except (ConfigError, PresetError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+def _error(message: str) -> None:
+    print(f"stylefold: error: {message}", file=sys.stderr)
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs to preset overrides; VALUE is JSON when it parses as JSON,
+    else a string (so ``style=ink.png`` needs no quotes); ``a.b=V`` sets a nested key."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise PresetError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise PresetError(f"--set {item!r}: {part} is not an object")
+        target[leaf] = value
+    return overrides
+
+
+def _library(config: Config) -> PresetLibrary:
+    extra = [config.presets_dir] if config.presets_dir else []
+    return PresetLibrary.default(root_styles=config.root / "styles", extra_presets=extra,
+                                 extra_styles=config.style_dirs)
+
+
+def _load_preset(library: PresetLibrary, name_or_file: str, overrides: dict[str, Any]) -> tuple[Preset, str]:
+    path = Path(name_or_file)
+    if path.suffix.lower() == ".json" or path.is_file():
+        if not path.is_file():
+            raise PresetError(f"preset file {path} does not exist")
+        return library.load_file(path, overrides), str(path)
+    found = library.find(name_or_file)
+    if found is None:
+        raise PresetError(f"unknown preset {name_or_file!r} (known: {', '.join(library.names())})")
+    return library.load_file(found, overrides), name_or_file
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, {"device": args.device, "weights": args.weights})
+    library = _library(config)
+    preset, source = _load_preset(library, args.preset, parse_set(args.sets))
+    styles = [(library.resolve_style(ref.path, operator_path_ok=True), ref.weight) for ref in preset.style_refs()]
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        _error(f"no such image: {', '.join(missing)}")
+        return EXIT_USAGE
+
+    from .engine import WeightsError, build_extractor, resolve_device, tune_cpu_allocator
+    from .pipeline import JobFailure, Limits, Stylist
+    from .progress import step_reporter
+
+    limits = Limits(config.max_steps, config.max_size, config.max_input_pixels)
+    try:
+        limits.check(preset)
+        device = resolve_device(config.device)
+        if device.type == "cpu":
+            tune_cpu_allocator()
+        extractor = build_extractor(config.weights, device)
+    except JobFailure as exc:
+        _error(f"{exc.kind}: {exc.message}")
+        return EXIT_JOB_FAILED
+    except (ValueError, WeightsError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    stylist = Stylist(extractor, limits)
+    failed = 0
+    for image in args.images:
+        try:
+            with step_reporter(image.name, preset.steps, config.log_every_s) as report:
+                result = stylist.process(image, preset, styles, args.out, args.out / "logs",
+                                         preset_source=source, on_step=report)
+        except JobFailure as exc:
+            failed += 1
+            logger.error("%s failed (%s): %s", image, exc.kind, exc.message)
+            continue
+        except Exception:  # one bad job must not stop the others
+            failed += 1
+            logger.exception("%s failed (internal)", image)
+            continue
+        print(result.paths.image)
+    return EXIT_JOB_FAILED if failed else EXIT_OK
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    if args.presets_command == "schema":
+        print(json.dumps(Preset.model_json_schema(), indent=2))
+        return EXIT_OK
+    config = load_config(args.config, {"root": args.root})
+    library = _library(config)
+    if args.presets_command == "list":
+        for name in library.names():
+            preset = library.load(name)
+            style = ", ".join(r.path for r in preset.style_refs())
+            print(f"{name:<16} size {preset.size:<5} steps {preset.steps:<5} style {style}  {preset.description}")
+        return EXIT_OK
+    if args.presets_command == "show":
+        preset = library.load(args.name)
+        print(json.dumps(preset.effective(), indent=2))
+        return EXIT_OK
+    bad = 0
+    for path in args.files:
+        try:
+            preset = library.load_file(path)
+            for ref in preset.style_refs():
+                library.resolve_style(ref.path)
+        except PresetError as exc:
+            bad += 1
+            print(f"INVALID {exc}")
+        else:
+            print(f"OK {path}")
+    return EXIT_USAGE if bad else EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

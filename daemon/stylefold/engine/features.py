@@ -1,0 +1,196 @@
+"""VGG19 feature extractor with activations tapped by their standard names.
+
+torchvision's ``vgg19().features`` is a flat ``Sequential`` of 37 modules. We give each
+index its name from Simonyan & Zisserman's table (``conv1_1``, ``relu1_1``, ...,
+``pool5``) so that presets never speak in magic indices.
+
+``convX_Y`` is the convolution's output *before* its ReLU, ``reluX_Y`` after it. The
+chapter taps ``model[:conv_index + 1](x)``, i.e. pre-ReLU conv outputs, which is what
+its ``book`` preset means by "the first five convolutional layers". torchvision builds
+its ReLUs with ``inplace=True``, which would silently turn a tapped conv output into its
+ReLU; we therefore apply ReLU functionally, in place only when nobody tapped the conv.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..digest import sha256_file
+from ..vgg_layers import LAYER_NAMES, TAPPABLE_LAYERS
+
+__all__ = [
+    "LAYER_NAMES",
+    "TAPPABLE_LAYERS",
+    "FeatureExtractor",
+    "WeightsError",
+    "WeightsInfo",
+    "build_extractor",
+    "load_vgg19_features",
+]
+
+logger = logging.getLogger(__name__)
+
+_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
+
+Pooling = Literal["avg", "max"]
+
+
+class WeightsError(Exception):
+    """The VGG19 weights could not be had: missing, unreadable or of the wrong shape."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What the report records about the weights a result was made with."""
+
+    source: Literal["imagenet", "file", "random"]
+    name: str
+    sha256: str | None
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen VGG19 convolutions; ``forward`` returns ``{layer: activation}``.
+
+    The network is held once per process. Each call runs only as deep as the deepest
+    requested layer, which is the chapter's "trim the model after the last loss layer"
+    without building a new module per preset. Pooling is chosen per call (the pooling
+    layers have no parameters), so ``avg`` and ``max`` presets share one model.
+    """
+
+    def __init__(self, features: nn.Sequential, weights: WeightsInfo) -> None:
+        super().__init__()
+        if len(features) != len(LAYER_NAMES):
+            raise WeightsError(f"expected VGG19 features with {len(LAYER_NAMES)} modules, got {len(features)}")
+        self.convs = nn.ModuleDict(
+            {name: features[i] for name, i in _INDEX.items() if name.startswith("conv")}
+        )
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+        self.weights = weights
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(
+        self, image: torch.Tensor, layers: Iterable[str], pooling: Pooling = "avg"
+    ) -> dict[str, torch.Tensor]:
+        wanted = frozenset(layers)
+        unknown = wanted - set(TAPPABLE_LAYERS)
+        if unknown:
+            raise ValueError(f"unknown VGG19 layers: {sorted(unknown)}")
+        if not wanted:
+            return {}
+        deepest = max(_INDEX[name] for name in wanted)
+        out: dict[str, torch.Tensor] = {}
+        x = image
+        for name in LAYER_NAMES[: deepest + 1]:
+            if name.startswith("conv"):
+                x = self.convs[name](x)
+            elif name.startswith("relu"):
+                # In place only when the conv output feeding it is not a tap: an
+                # in-place ReLU would overwrite the tapped pre-activation.
+                conv_name = "conv" + name[4:]
+                x = F.relu(x, inplace=conv_name not in wanted)
+            elif pooling == "avg":
+                # The chapter's nn.AvgPool2d(kernel_size=2, stride=2, padding=0).
+                x = F.avg_pool2d(x, kernel_size=2, stride=2)
+            else:
+                x = F.max_pool2d(x, kernel_size=2, stride=2)
+            if name in wanted:
+                out[name] = x
+        return out
+
+
+def build_extractor(weights: str | Path, device: torch.device | str = "cpu", *, seed: int = 0) -> FeatureExtractor:
+    """Load VGG19 features once and move them to ``device``.
+
+    ``weights``: ``"imagenet"`` (torchvision's download into the torch hub cache),
+    ``"random"`` (seeded, for tests and smoke runs only) or a path to a state dict.
+    """
+    features, info = load_vgg19_features(weights, seed=seed)
+    extractor = FeatureExtractor(features, info)
+    return extractor.to(device)
+
+
+def load_vgg19_features(weights: str | Path, *, seed: int = 0) -> tuple[nn.Sequential, WeightsInfo]:
+    from torchvision.models import vgg19
+
+    if str(weights) == "random":
+        logger.warning(
+            "using RANDOM VGG19 weights (seed %d): results are not style transfer, "
+            "only for tests and smoke runs",
+            seed,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = vgg19(weights=None)
+        return model.features, WeightsInfo("random", f"random(seed={seed})", None)
+    if str(weights) == "imagenet":
+        state, info = _imagenet_state_dict()
+    else:
+        state, info = _file_state_dict(Path(weights))
+    model = vgg19(weights=None)
+    _load_features(model, state, info.name)
+    return model.features, info
+
+
+def _load_features(model: nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items() if k.startswith("features.")}
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise WeightsError(
+            f"{name} is not a torchvision VGG19 state dict: missing {len(missing)} keys "
+            f"such as {missing[0]!r} (expected features.N.weight/bias)"
+        )
+    for key, shape in expected.items():
+        got = tuple(state[key].shape)
+        if got != tuple(shape):
+            raise WeightsError(f"{name}: {key} has shape {got}, VGG19 needs {tuple(shape)}")
+    features_state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    model.features.load_state_dict(features_state, strict=True)
+
+
+def _file_state_dict(path: Path) -> tuple[Mapping[str, torch.Tensor], WeightsInfo]:
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        # weights_only: a .pth is a pickle; never execute code from one.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+    if isinstance(state, nn.Module):  # pragma: no cover - weights_only forbids modules
+        state = state.state_dict()
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} is not a state dict of tensors (torch.save(model.state_dict(), ...))")
+    return state, WeightsInfo("file", str(path), sha256_file(path))
+
+
+def _imagenet_state_dict() -> tuple[Mapping[str, torch.Tensor], WeightsInfo]:
+    from torchvision.models import VGG19_Weights
+
+    w = VGG19_Weights.IMAGENET1K_V1
+    file_name = w.url.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if not cached.is_file():
+        logger.info("downloading VGG19 ImageNet weights (%.0f MB) to %s", w.meta["_file_size"], cached)
+    try:
+        # check_hash: torchvision's file names carry a sha256 prefix (dcbb9e9d).
+        state = torch.hub.load_state_dict_from_url(w.url, progress=True, check_hash=True, weights_only=True)
+    except Exception as exc:  # URLError, socket errors, RuntimeError on a bad hash
+        raise WeightsError(
+            f"cannot get the VGG19 ImageNet weights ({exc}). Download {w.url} "
+            f"({w.meta['_file_size']:.0f} MB) on a machine with internet access and place it "
+            f"at {cached}, or pass --weights PATH to a torchvision vgg19 state dict"
+        ) from exc
+    return state, WeightsInfo("imagenet", file_name, sha256_file(cached) if cached.is_file() else None)
+

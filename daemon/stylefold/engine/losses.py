@@ -1,0 +1,43 @@
+"""Loss functions of the chapter, as pure functions on tensors.
+
+The chapter (and Gatys et al. 2015) compares conv activations directly for content and
+their Gram matrices for style. Every function here computes in fp32 even when the
+activations come from a bf16/fp16 forward pass: Gram sums over H*W products and would
+lose most of its precision in a 8-bit mantissa.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["content_loss", "gram_matrix", "style_loss", "tv_loss"]
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """The chapter's ``gram_matrix``: (B*C, H*W) @ its transpose, divided by B*C*H*W."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b * c, h * w).float()
+    return (flat @ flat.t()).div(b * c * h * w)
+
+
+def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between activations (the chapter's ``mse_loss(ip, target)``)."""
+    return F.mse_loss(features.float(), target)
+
+
+def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between Gram matrices."""
+    return F.mse_loss(gram_matrix(features), target_gram)
+
+
+def tv_loss(image: torch.Tensor) -> torch.Tensor:
+    """Total variation: mean squared difference of vertical and horizontal neighbours.
+
+    Not in the chapter (its ``tv_weight`` is 0); the squared form of Mahendran & Vedaldi
+    2015 keeps the gradient smooth, which is what suppresses high-frequency noise.
+    """
+    x = image.float()
+    dy = x[..., 1:, :] - x[..., :-1, :]
+    dx = x[..., :, 1:] - x[..., :, :-1]
+    return dy.pow(2).mean() + dx.pow(2).mean()

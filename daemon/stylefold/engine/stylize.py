@@ -1,0 +1,318 @@
+"""The optimisation loop of the chapter (Gatys et al. 2015), one forward and one
+backward per step.
+
+The chapter recomputes every target and runs a separate forward pass per loss layer on
+each step; the maths is the same if all layers are tapped from one pass and the targets
+are computed once, which is what this module does. Style targets are also kept across
+jobs in a small cache (``StyleTargetCache``) because studios reuse a handful of styles.
+
+No I/O, no printing: progress leaves through ``on_step``/``on_snapshot`` and the caller
+stops the loop through ``should_stop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from .features import FeatureExtractor
+from .losses import content_loss, gram_matrix, style_loss, tv_loss
+
+__all__ = [
+    "EngineError",
+    "EngineState",
+    "StepInfo",
+    "StyleParams",
+    "StyleResult",
+    "StyleTargetCache",
+    "stylize",
+]
+
+Precision = Literal["fp32", "bf16", "fp16"]
+LayerWeights = tuple[tuple[str, float], ...]
+
+# ImageNet statistics torchvision's VGG19 was trained with (used when normalize=True;
+# the chapter feeds raw [0, 1] pixels).
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class EngineError(Exception):
+    """The optimisation cannot go on (diverged, unsupported combination)."""
+
+
+@dataclass(frozen=True)
+class StyleParams:
+    """Everything the loop needs, already validated and resolved (no ``auto``)."""
+
+    style_layers: LayerWeights
+    content_layers: LayerWeights
+    style_weight: float = 1e6
+    content_weight: float = 1.0
+    tv_weight: float = 0.0
+    steps: int = 300
+    lr: float = 0.1
+    optimizer: Literal["adam", "lbfgs"] = "adam"
+    init: Literal["noise", "content", "style"] = "noise"
+    pooling: Literal["avg", "max"] = "avg"
+    normalize: bool = False
+    seed: int = 0
+    precision: Precision = "fp32"
+    snapshot_every: int = 0
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One row of the loss log: the weighted losses before the step's update."""
+
+    step: int
+    steps: int
+    style_loss: float
+    content_loss: float
+    tv_loss: float
+    total_loss: float
+    elapsed_s: float
+
+
+@dataclass
+class EngineState:
+    """Where an optimisation stands: enough to resume it after ``step`` steps."""
+
+    step: int
+    image: torch.Tensor
+    optimizer_state: dict[str, Any]
+
+
+@dataclass
+class StyleResult:
+    image: torch.Tensor  # (1, 3, H, W) float32 on the CPU, clamped to [0, 1]
+    history: list[StepInfo]
+    stopped: bool
+    state: EngineState
+
+
+@dataclass
+class StyleTargetCache:
+    """Gram targets by (style pixels, layers, pooling, normalisation, precision).
+
+    Keyed by a digest of the style tensor itself, so the same style file at the same
+    working size hits the cache whichever job asks for it. Bounded (LRU): each entry is
+    a few MB at most (C x C matrices), but a daemon runs for months.
+    """
+
+    max_entries: int = 32
+    hits: int = 0
+    misses: int = 0
+    _entries: OrderedDict[tuple[Any, ...], dict[str, torch.Tensor]] = field(default_factory=OrderedDict)
+
+    def get_or_compute(
+        self, key: tuple[Any, ...], compute: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        if key in self._entries:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        self.misses += 1
+        value = compute()
+        self._entries[key] = value
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return value
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    data = t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha1(data).hexdigest() + str(tuple(t.shape))
+
+
+def stylize(
+    extractor: FeatureExtractor,
+    content: torch.Tensor,
+    styles: Sequence[tuple[torch.Tensor, float]],
+    params: StyleParams,
+    *,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_snapshot: Callable[[int, torch.Tensor], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    style_cache: StyleTargetCache | None = None,
+    resume: EngineState | None = None,
+) -> StyleResult:
+    """Optimise an image whose content matches ``content`` and whose Gram matrices
+    match the weighted blend of ``styles``' (weights are normalised to sum 1).
+
+    ``content`` and each style are (1, 3, H, W) tensors in [0, 1]; styles may have
+    another size than the content (Gram matrices do not depend on it).
+    """
+    if not styles:
+        raise EngineError("at least one style image is needed")
+    device = extractor.device
+    if params.precision == "fp16" and device.type == "cpu":
+        raise EngineError("precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+    content = content.to(device, torch.float32).contiguous(memory_format=memory_format)
+    style_weights = dict(params.style_layers)
+    content_weights = dict(params.content_layers)
+    layers = frozenset(style_weights) | frozenset(content_weights)
+
+    def features(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        with _autocast(device, params.precision):
+            return extractor(_normalize(image, params.normalize), layers, params.pooling)
+
+    with torch.no_grad():
+        content_targets = {name: act.float() for name, act in features(content).items() if name in content_weights}
+        style_targets = _blended_style_targets(
+            extractor, styles, params, device, memory_format, style_cache, features
+        )
+
+    image = _initial_image(content, styles, params, resume).to(memory_format=memory_format)
+    image.requires_grad_(True)
+    optimizer = _make_optimizer(image, params)
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer_state)
+    scaler = torch.amp.GradScaler(device.type) if params.precision == "fp16" else None
+
+    history: list[StepInfo] = []
+    start = time.perf_counter()
+    first_step = resume.step + 1 if resume else 1
+    step = first_step - 1
+    stopped = False
+
+    parts: list[torch.Tensor] = []  # the weighted losses of the latest evaluation
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        feats = features(image)
+        zero = image.new_zeros(())
+        # Sum the per-layer losses, then weight, in the chapter's order of operations.
+        s = sum((w * style_loss(feats[n], style_targets[n]) for n, w in style_weights.items()), zero)
+        c = sum((w * content_loss(feats[n], content_targets[n]) for n, w in content_weights.items()), zero)
+        t = tv_loss(image) if params.tv_weight else zero
+        s, c, t = s * params.style_weight, c * params.content_weight, t * params.tv_weight
+        total = s + c + t
+        parts[:] = [s.detach(), c.detach(), t.detach(), total.detach()]
+        (scaler.scale(total) if scaler else total).backward()
+        return total
+
+    for step in range(first_step, params.steps + 1):
+        if should_stop is not None and should_stop():
+            stopped = True
+            step -= 1
+            break
+        with torch.no_grad():
+            image.clamp_(0, 1)  # the chapter clamps before each step
+        if params.optimizer == "lbfgs":
+            optimizer.step(closure)
+        else:
+            closure()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        s, c, t, total = torch.stack(parts).float().tolist()
+        if not all(map(_finite, (s, c, t, total))):
+            raise EngineError(
+                f"the loss became {total} at step {step}: the optimisation diverged; "
+                "lower lr or the loss weights, or use precision fp32"
+            )
+        info = StepInfo(step, params.steps, s, c, t, total, time.perf_counter() - start)
+        history.append(info)
+        if on_step is not None:
+            on_step(info)
+        if on_snapshot is not None and params.snapshot_every and step % params.snapshot_every == 0:
+            on_snapshot(step, _final(image))
+
+    result_image = _final(image)
+    state = EngineState(step=step, image=result_image, optimizer_state=optimizer.state_dict())
+    return StyleResult(image=result_image, history=history, stopped=stopped, state=state)
+
+
+def _blended_style_targets(
+    extractor: FeatureExtractor,
+    styles: Sequence[tuple[torch.Tensor, float]],
+    params: StyleParams,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    cache: StyleTargetCache | None,
+    features: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    names = tuple(sorted(dict(params.style_layers)))
+    total_weight = sum(w for _, w in styles)
+    if total_weight <= 0:
+        raise EngineError("style weights must be positive")
+    blended: dict[str, torch.Tensor] = {}
+    for style, weight in styles:
+        def compute(style: torch.Tensor = style) -> dict[str, torch.Tensor]:
+            s = style.to(device, torch.float32).contiguous(memory_format=memory_format)
+            return {name: gram_matrix(act) for name, act in features(s).items() if name in names}
+
+        key = (tensor_digest(style), names, params.pooling, params.normalize, params.precision,
+               extractor.weights, str(device))
+        grams = cache.get_or_compute(key, compute) if cache is not None else compute()
+        for name in names:
+            part = grams[name] * (weight / total_weight) if len(styles) > 1 else grams[name]
+            blended[name] = blended[name] + part if name in blended else part
+    return blended
+
+
+def _initial_image(
+    content: torch.Tensor,
+    styles: Sequence[tuple[torch.Tensor, float]],
+    params: StyleParams,
+    resume: EngineState | None,
+) -> torch.Tensor:
+    if resume is not None:
+        return resume.image.to(content.device, torch.float32).clone()
+    if params.init == "content":
+        return content.clone()
+    if params.init == "style":
+        style = styles[0][0].to(content.device, torch.float32)
+        return F.interpolate(style, size=content.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+    # The chapter's torch.randn(content.size()) after seeding; drawn on the CPU so that a
+    # seed gives the same start on every device.
+    generator = torch.Generator().manual_seed(params.seed)
+    return torch.randn(content.shape, generator=generator).to(content.device)
+
+
+def _make_optimizer(image: torch.Tensor, params: StyleParams) -> torch.optim.Optimizer:
+    if params.optimizer == "lbfgs":
+        if params.precision == "fp16":
+            raise EngineError("optimizer lbfgs does not support precision fp16; use bf16 or fp32")
+        # max_iter=1: one function evaluation per step, so steps mean the same thing
+        # for both optimisers (L-BFGS keeps its history across step() calls).
+        return torch.optim.LBFGS([image], lr=params.lr, max_iter=1, history_size=50)
+    return torch.optim.Adam([image], lr=params.lr)
+
+
+def _normalize(image: torch.Tensor, normalize: bool) -> torch.Tensor:
+    if not normalize:
+        return image
+    mean = image.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = image.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
+@contextlib.contextmanager
+def _autocast(device: torch.device, precision: Precision) -> Iterator[None]:
+    if precision == "fp32":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def _final(image: torch.Tensor) -> torch.Tensor:
+    return image.detach().clamp(0, 1).to("cpu", torch.float32).contiguous()
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")

@@ -1,0 +1,119 @@
+"""The files of SPEC §5: result image, loss CSV, report JSON, loss plot, progress sheet.
+
+Every file is written to a hidden temporary name in its destination folder, fsynced,
+then renamed (SPEC §6.2). The result image is published with a no-overwrite link, so
+two processes choosing the same ``NAME-STYLE`` cannot clobber each other: the loser
+moves on to ``NAME-STYLE-2``. No torch here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from . import imageio, render
+
+__all__ = ["CSV_HEADER", "OutputPaths", "publish_result", "write_atomic", "write_logs"]
+
+CSV_HEADER = ("step", "style_loss", "content_loss", "tv_loss", "total_loss", "elapsed_s")
+MAX_NAME_ATTEMPTS = 10_000
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    base: str
+    image: Path
+    losses_csv: Path
+    report: Path
+    plot: Path
+    progress: Path
+
+    @classmethod
+    def for_base(cls, outbox: Path, logs: Path, base: str, ext: str) -> OutputPaths:
+        return cls(
+            base=base,
+            image=outbox / f"{base}{ext}",
+            losses_csv=logs / f"{base}.losses.csv",
+            report=logs / f"{base}.json",
+            plot=logs / f"{base}.losses.png",
+            progress=logs / f"{base}.progress.jpg",
+        )
+
+    def logs_exist(self) -> bool:
+        return any(p.exists() for p in (self.losses_csv, self.report, self.plot, self.progress))
+
+
+def base_name(image_name: str, style_names: Sequence[str]) -> str:
+    """``NAME-STYLE``; blended styles are joined with ``+`` (``photo-ink+mosaic``)."""
+    stem = Path(image_name).stem
+    styles = "+".join(Path(s).stem for s in style_names)
+    return f"{stem}-{styles}"
+
+
+def publish_result(image: Image.Image, outbox: Path, logs: Path, base: str, ext: str, *,
+                   quality: int, exif: bytes | None) -> OutputPaths:
+    """Save the result under the first free ``base``, ``base-2``, ... and return all the
+    paths of that name. Nothing that exists is ever overwritten."""
+    for n in range(1, MAX_NAME_ATTEMPTS + 1):
+        candidate = base if n == 1 else f"{base}-{n}"
+        paths = OutputPaths.for_base(outbox, logs, candidate, ext)
+        if paths.image.exists() or paths.logs_exist():
+            continue
+        try:
+            imageio.save_image_atomic(image, paths.image, quality=quality, exif=exif, overwrite=False)
+        except FileExistsError:
+            continue  # another process took this name between our check and the link
+        return paths
+    raise FileExistsError(f"no free output name for {base} after {MAX_NAME_ATTEMPTS} tries")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp name in the same folder, fsync, rename: readers see all of it or nothing."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def losses_csv(rows: Iterable[Mapping[str, float]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for row in rows:
+        # repr keeps every digit of the float: the log is compared against the chapter's.
+        writer.writerow([int(row["step"]), *(repr(float(row[k])) for k in CSV_HEADER[1:])])
+    return buf.getvalue().encode()
+
+
+def write_logs(paths: OutputPaths, rows: Sequence[Mapping[str, float]], report: Mapping[str, Any],
+               snapshots: Sequence[tuple[int, Image.Image]], title: str) -> None:
+    """Loss CSV, plot, progress sheet, then the report last: a report means done."""
+    write_atomic(paths.losses_csv, losses_csv(rows))
+    plot = render.loss_plot(rows, title=title)
+    write_atomic(paths.plot, _encode(plot, "PNG"))
+    if snapshots:
+        sheet = render.progress_sheet(snapshots, title=title)
+        write_atomic(paths.progress, _encode(sheet, "JPEG", quality=90))
+    write_atomic(paths.report, (json.dumps(report, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format=fmt, **options)
+    return buf.getvalue()

@@ -1,0 +1,307 @@
+"""Presets: the pydantic model (single source of truth), built-in lookup, loading with
+``extends``, and confinement of style paths to the allowed folders.
+
+A preset JSON comes from anyone who can write to the hot folder, so everything here is
+bounded: file size, nesting, ``extends`` depth, value ranges, and style paths that must
+resolve (symlinks followed) inside an allowed folder. No torch import: ``--help`` and
+``presets validate`` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .vgg_layers import TAPPABLE_LAYERS
+
+__all__ = [
+    "PRESET_SUFFIX",
+    "Preset",
+    "PresetError",
+    "PresetLibrary",
+    "StyleNotFound",
+    "StyleRef",
+    "builtin_dir",
+    "load_preset_file",
+    "merge_preset",
+]
+
+logger = logging.getLogger(__name__)
+
+PRESET_SUFFIX = ".json"
+MAX_PRESET_BYTES = 64 * 1024
+MAX_EXTENDS_DEPTH = 8
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+LayerName = Literal[TAPPABLE_LAYERS]  # type: ignore[valid-type]
+LayerWeight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+Layers = Union[
+    Annotated[list[LayerName], Field(min_length=0, max_length=len(TAPPABLE_LAYERS))],
+    Annotated[dict[LayerName, LayerWeight], Field(max_length=len(TAPPABLE_LAYERS))],
+]
+Weight = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
+StylePath = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class PresetError(ValueError):
+    """A preset that cannot be used; ``str()`` names the file, the key and the rule."""
+
+    kind = "invalid_preset"
+
+
+class StyleNotFound(PresetError):
+    kind = "style_not_found"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class StyleRef(_Strict):
+    path: StylePath
+    weight: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
+
+
+class OutputOptions(_Strict):
+    format: Literal["same", "jpeg", "png", "tiff", "webp"] = "same"
+    quality: Annotated[int, Field(ge=1, le=100)] = 95
+
+
+class Preset(_Strict):
+    """The keys of SPEC §4. Defaults are the ``book`` preset: the chapter's numbers."""
+
+    extends: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    description: Annotated[str, Field(max_length=500)] = ""
+    style: StylePath | Annotated[list[StyleRef], Field(min_length=1, max_length=8)] = "brushstrokes.png"
+    style_scale: Annotated[float, Field(ge=0.1, le=4.0, allow_inf_nan=False)] = 1.0
+    preserve_color: Literal["off", "luminance", "histogram"] = "off"
+    style_weight: Weight = 1e6
+    content_weight: Weight = 1.0
+    tv_weight: Weight = 0.0
+    steps: Annotated[int, Field(ge=1, le=100_000)] = 300
+    lr: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 0.1
+    optimizer: Literal["adam", "lbfgs"] = "adam"
+    init: Literal["noise", "content", "style"] = "noise"
+    size: Annotated[int, Field(ge=16, le=16384)] = 128
+    style_layers: Layers = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"]
+    content_layers: Layers = ["conv2_2"]
+    pooling: Literal["avg", "max"] = "avg"
+    normalize: bool = False
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    snapshot_every: Annotated[int, Field(ge=0, le=100_000)] = 0
+    output: OutputOptions = OutputOptions()
+
+    @field_validator("style_layers")
+    @classmethod
+    def _style_layers_not_empty(cls, v: Any) -> Any:
+        if not v:
+            raise ValueError("at least one style layer is needed")
+        return v
+
+    @model_validator(mode="after")
+    def _some_loss_weighted(self) -> Preset:
+        if not any(w for _, w in self.style_layer_weights()):
+            raise ValueError("style_layers: at least one layer needs a weight above 0")
+        return self
+
+    def style_layer_weights(self) -> tuple[tuple[str, float], ...]:
+        return _as_weights(self.style_layers)
+
+    def content_layer_weights(self) -> tuple[tuple[str, float], ...]:
+        return _as_weights(self.content_layers)
+
+    def style_refs(self) -> tuple[StyleRef, ...]:
+        if isinstance(self.style, str):
+            return (StyleRef(path=self.style),)
+        return tuple(self.style)
+
+    def effective(self) -> dict[str, Any]:
+        """The fully resolved keys, as recorded in reports (``extends`` already applied)."""
+        return self.model_dump(mode="json", exclude={"extends"})
+
+
+def _as_weights(layers: Sequence[str] | Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    if isinstance(layers, Mapping):
+        return tuple((name, float(w)) for name, w in layers.items())
+    # A plain list means weight 1 each, as in the chapter; duplicates count once.
+    return tuple((name, 1.0) for name in dict.fromkeys(layers))
+
+
+def builtin_dir() -> Path:
+    """Folder of the built-in presets and their style images (shipped in the wheel)."""
+    return Path(str(resources.files("stylefold.builtin_presets")))
+
+
+def read_preset_json(path: Path) -> dict[str, Any]:
+    """Read a preset file with the limits a hostile file needs; errors name the file."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_PRESET_BYTES + 1)
+    except OSError as exc:
+        raise PresetError(f"{path}: cannot read the preset ({exc.strerror or exc})") from exc
+    if len(raw) > MAX_PRESET_BYTES:
+        raise PresetError(f"{path}: a preset may be at most {MAX_PRESET_BYTES // 1024} KB")
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PresetError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise PresetError(f"{path}: a preset must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def validation_message(source: str, exc: ValidationError) -> str:
+    """One line per problem, each naming the source, the key and the allowed values."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("list[", "dict[", "str", "function")))
+        key = key or "(preset)"
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(k for k in Preset.model_fields)
+            lines.append(f"{source}: unknown key {key!r} (known keys: {allowed})")
+            continue
+        got = err.get("input")
+        shown = json.dumps(got)[:60] if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
+        lines.append(f"{source}: {key}: {err['msg']} (got {shown})")
+    return "; ".join(dict.fromkeys(lines))
+
+
+def merge_preset(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys of ``override`` replace ``base``'s; ``output`` merges key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key == "output" and isinstance(value, Mapping) and isinstance(merged.get("output"), Mapping):
+            merged["output"] = {**merged["output"], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass(frozen=True)
+class PresetLibrary:
+    """Where presets and style images are looked up.
+
+    ``preset_dirs``: folders of ``NAME.json`` presets, searched in order; the built-ins
+    come last, so a studio can shadow one. ``style_dirs``: folders a style path may
+    resolve into, in lookup order (root's styles/, presets' styles/, config style_dirs).
+    """
+
+    preset_dirs: tuple[Path, ...]
+    style_dirs: tuple[Path, ...]
+
+    @classmethod
+    def default(cls, root_styles: Path | None = None, extra_presets: Iterable[Path] = (),
+                extra_styles: Iterable[Path] = ()) -> PresetLibrary:
+        preset_dirs = (*extra_presets, builtin_dir())
+        styles = [root_styles] if root_styles is not None else []
+        styles += [d / "styles" for d in preset_dirs]
+        styles += list(extra_styles)
+        return cls(tuple(preset_dirs), tuple(styles))
+
+    def names(self) -> list[str]:
+        found: dict[str, Path] = {}
+        for folder in self.preset_dirs:
+            if folder.is_dir():
+                for p in sorted(folder.glob(f"*{PRESET_SUFFIX}")):
+                    found.setdefault(p.stem, p)
+        return sorted(found)
+
+    def find(self, name: str) -> Path | None:
+        if not _is_plain_name(name):
+            return None
+        for folder in self.preset_dirs:
+            candidate = folder / f"{name}{PRESET_SUFFIX}"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def load(self, name: str) -> Preset:
+        path = self.find(name)
+        if path is None:
+            raise PresetError(f"unknown preset {name!r} (known: {', '.join(self.names())})")
+        return self.load_file(path)
+
+    def load_file(self, path: Path, overrides: Mapping[str, Any] | None = None) -> Preset:
+        """Load a preset file, apply its ``extends`` chain, then ``overrides``."""
+        data = self._resolved_data(read_preset_json(path), str(path), depth=0, seen=())
+        if overrides:
+            data = merge_preset(data, overrides)
+        return self.validate(data, str(path))
+
+    def from_data(self, data: Mapping[str, Any], source: str) -> Preset:
+        return self.validate(self._resolved_data(data, source, depth=0, seen=()), source)
+
+    @staticmethod
+    def validate(data: Mapping[str, Any], source: str) -> Preset:
+        try:
+            return Preset.model_validate(data)
+        except ValidationError as exc:
+            raise PresetError(validation_message(source, exc)) from None
+
+    def _resolved_data(self, data: Mapping[str, Any], source: str, depth: int,
+                       seen: tuple[str, ...]) -> dict[str, Any]:
+        parent = data.get("extends")
+        if parent is None:
+            return {k: v for k, v in data.items() if k != "extends"}
+        if not isinstance(parent, str):
+            raise PresetError(f"{source}: extends: must be the name of a preset (got {type(parent).__name__})")
+        if parent in seen:
+            raise PresetError(f"{source}: extends: the chain {' -> '.join((*seen, parent))} loops")
+        if depth >= MAX_EXTENDS_DEPTH:
+            raise PresetError(f"{source}: extends: more than {MAX_EXTENDS_DEPTH} levels")
+        parent_path = self.find(parent)
+        if parent_path is None:
+            raise PresetError(f"{source}: extends: unknown preset {parent!r} (known: {', '.join(self.names())})")
+        base = self._resolved_data(read_preset_json(parent_path), str(parent_path), depth + 1, (*seen, parent))
+        return merge_preset(base, {k: v for k, v in data.items() if k != "extends"})
+
+    def resolve_style(self, name: str, *, operator_path_ok: bool = False) -> Path:
+        """Find a style image; it must resolve (symlinks followed) inside a style folder.
+
+        ``operator_path_ok``: ``stylefold run`` may name any existing file the operator
+        gives on the command line; presets from the hot folder never get this.
+        """
+        if "\x00" in name:
+            raise StyleNotFound(f"style {name!r}: not a valid file name")
+        if operator_path_ok:
+            direct = Path(name).expanduser()
+            if direct.is_file():
+                return direct.resolve()
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise StyleNotFound(
+                f"style {name!r}: must be a file name or a relative path inside a styles folder "
+                f"({', '.join(str(d) for d in self.style_dirs)})"
+            )
+        for folder in self.style_dirs:
+            candidate = folder / relative
+            if not candidate.is_file():
+                continue
+            resolved = candidate.resolve()
+            if _inside(resolved, folder.resolve()):
+                return resolved
+            logger.warning("style %s resolves to %s, outside %s: refused", name, resolved, folder)
+            raise StyleNotFound(f"style {name!r}: resolves outside the allowed style folders")
+        raise StyleNotFound(
+            f"style {name!r} not found in {', '.join(str(d) for d in self.style_dirs)}"
+        )
+
+
+def load_preset_file(path: Path, library: PresetLibrary | None = None) -> Preset:
+    return (library or PresetLibrary.default()).load_file(path)
+
+
+def _is_plain_name(name: str) -> bool:
+    return 0 < len(name) <= 64 and set(name) <= _NAME_CHARS and not name.startswith(".")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents

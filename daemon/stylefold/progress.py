@@ -1,0 +1,110 @@
+"""Progress for humans: a rich bar on a terminal, plain log lines elsewhere.
+
+rich's ``Progress`` animates only on a terminal and prints nothing until it stops
+otherwise, so off a terminal (systemd, pipes, CI) progress goes through ``logging``
+every ``log_every_s`` seconds instead. One ``Console`` is shared with the log handler
+so that log lines print above the bar, not through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+__all__ = ["StepLike", "StepReporter", "configure_logging", "console", "step_reporter"]
+
+logger = logging.getLogger(__name__)
+
+_console: Console | None = None
+
+
+class StepLike(Protocol):
+    step: int
+    steps: int
+    total_loss: float
+    style_loss: float
+    content_loss: float
+    elapsed_s: float
+
+
+def console() -> Console:
+    """The process's one console, on stderr (stdout stays for data such as --json)."""
+    global _console
+    if _console is None:
+        _console = Console(stderr=True)
+    return _console
+
+
+def is_interactive() -> bool:
+    # systemd sets JOURNAL_STREAM for services whose output goes to the journal.
+    return console().is_terminal and not os.environ.get("JOURNAL_STREAM")
+
+
+def configure_logging(verbose: int = 0) -> None:
+    """Called once, by the CLI: the only place logging is configured."""
+    level = logging.DEBUG if verbose > 0 else logging.INFO
+    root = logging.getLogger()
+    root.handlers.clear()
+    if is_interactive():
+        handler: logging.Handler = RichHandler(console=console(), show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("PIL", "watchdog"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class StepReporter:
+    """Receives each step of one job; shows a bar or logs a line every few seconds."""
+
+    def __init__(self, label: str, total: int, progress: Progress | None, log_every_s: float) -> None:
+        self.label = label
+        self.total = total
+        self._progress = progress
+        self._task = progress.add_task(label, total=total, losses="", rate="") if progress else None
+        self._log_every_s = log_every_s
+        self._last_log = time.monotonic()
+
+    def __call__(self, info: StepLike) -> None:
+        rate = info.step / info.elapsed_s if info.elapsed_s > 0 else 0.0
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task, completed=info.step,
+                losses=f"total {info.total_loss:.4g}  style {info.style_loss:.4g}  content {info.content_loss:.4g}",
+                rate=f"{rate:.2f} steps/s",
+            )
+            return
+        now = time.monotonic()
+        if now - self._last_log >= self._log_every_s or info.step == info.steps:
+            self._last_log = now
+            eta = (info.steps - info.step) / rate if rate > 0 else float("nan")
+            logger.info(
+                "%s: step %d/%d total=%.4g style=%.4g content=%.4g %.2f steps/s ETA %.0fs",
+                self.label, info.step, info.steps, info.total_loss, info.style_loss,
+                info.content_loss, rate, eta,
+            )
+
+
+@contextmanager
+def step_reporter(label: str, total: int, log_every_s: float = 10.0) -> Iterator[StepReporter]:
+    if not is_interactive():
+        yield StepReporter(label, total, None, log_every_s)
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[losses]}"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console(), transient=False) as progress:
+        yield StepReporter(label, total, progress, log_every_s)

@@ -1,0 +1,25 @@
+"""VGG19 layer names, shared by the preset schema and the engine without importing torch.
+
+Names follow Simonyan & Zisserman's configuration E: five blocks of 2, 2, 4, 4, 4
+convolutions, each followed by its ReLU, and a pooling layer closing each block. The
+order is torchvision's ``vgg19().features`` order, index for index.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LAYER_NAMES", "TAPPABLE_LAYERS"]
+
+_BLOCKS: tuple[int, ...] = (2, 2, 4, 4, 4)
+
+
+def _layer_names() -> tuple[str, ...]:
+    names: list[str] = []
+    for block, convs in enumerate(_BLOCKS, start=1):
+        for conv in range(1, convs + 1):
+            names += [f"conv{block}_{conv}", f"relu{block}_{conv}"]
+        names.append(f"pool{block}")
+    return tuple(names)
+
+
+LAYER_NAMES: tuple[str, ...] = _layer_names()
+TAPPABLE_LAYERS: tuple[str, ...] = tuple(n for n in LAYER_NAMES if not n.startswith("pool"))
