@@ -115,6 +115,8 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        except RecursionError:
+            raise PresetError(f"--set {key}: value nested too deeply") from None
         target = overrides
         *parents, leaf = key.split(".")
         for part in parents:
@@ -147,7 +149,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, {"device": args.device, "weights": args.weights})
     library = _library(config)
     preset, source = _load_preset(library, args.preset, parse_set(args.sets))
-    styles = [(library.resolve_style(ref.path, operator_path_ok=True), ref.weight) for ref in preset.style_refs()]
+    preset_dir = [Path(source).parent] if Path(source).is_file() else []
+    styles = [(library.resolve_style(ref.path, operator_path_ok=True, operator_dirs=preset_dir), ref.weight)
+              for ref in preset.style_refs()]
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         _error(f"no such image: {', '.join(missing)}")
@@ -196,11 +200,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
     config = load_config(args.config, {"root": args.root})
     library = _library(config)
     if args.presets_command == "list":
+        broken = 0
         for name in library.names():
-            preset = library.load(name)
+            try:
+                preset = library.load(name)
+            except PresetError as exc:  # one broken studio preset must not hide the rest
+                broken += 1
+                print(f"{name:<16} INVALID: {exc}")
+                continue
             style = ", ".join(r.path for r in preset.style_refs())
             print(f"{name:<16} size {preset.size:<5} steps {preset.steps:<5} style {style}  {preset.description}")
-        return EXIT_OK
+        return EXIT_USAGE if broken else EXIT_OK
     if args.presets_command == "show":
         preset = library.load(args.name)
         print(json.dumps(preset.effective(), indent=2))

@@ -33,6 +33,7 @@ from .engine import (
 )
 from .engine import color
 from .presets import Preset
+from .vgg_layers import min_side
 
 __all__ = ["JobFailure", "JobResult", "Limits", "Stylist", "sha256_file"]
 
@@ -98,13 +99,20 @@ class Stylist:
         started_at = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
         self.limits.check(preset)
+        image_path, outbox, logs = image_path.absolute(), outbox.absolute(), logs.absolute()
         precision = resolve_precision(preset.precision, self.device)
         loaded = self._load(image_path)
         working = imageio.fit_short_side(loaded.image, preset.size)
+        needed = min_side(n for n, _ in preset.style_layer_weights() + preset.content_layer_weights())
+        if min(working.size) < needed:
+            raise JobFailure(
+                "too_small",
+                f"the photo is {working.size[0]}x{working.size[1]} px; this preset's layers need at least "
+                f"{needed} px on the shorter side",
+            )
         content = _to_tensor(working)
         style_images = [(self._load(path).image, weight) for path, weight in styles]
-        short = min(working.size)
-        style_size = max(16, round(preset.style_scale * short))
+        style_size = max(needed, round(preset.style_scale * min(working.size)))
         style_tensors = [(_to_tensor(imageio.resize_short_side(img, style_size)), w) for img, w in style_images]
 
         target_content, target_styles = content, style_tensors
@@ -149,7 +157,8 @@ class Stylist:
                 "size": list(loaded.source_size), "icc_profile": loaded.icc_description,
                 "alpha_dropped": loaded.alpha_dropped,
             },
-            "styles": [{"path": str(p), "weight": w, "sha256": sha256_file(p)} for p, w in styles],
+            "styles": [{"path": str(p.absolute()), "weight": w, "normalised_weight": w / sum(x for _, x in styles),
+                        "sha256": sha256_file(p)} for p, w in styles],
             "preset": {"source": preset_source, "effective": preset.effective()},
             "output": {"path": str(paths.image), "size": list(final.size), "base": paths.base},
             "logs": {"losses_csv": str(paths.losses_csv), "plot": str(paths.plot),

@@ -61,7 +61,8 @@ class StyleNotFound(PresetError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # strict: JSON true is not the integer 1, "5" is not a number, "yes" not a boolean.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class StyleRef(_Strict):
@@ -160,18 +161,41 @@ def read_preset_json(path: Path) -> dict[str, Any]:
 
 def validation_message(source: str, exc: ValidationError) -> str:
     """One line per problem, each naming the source, the key and the allowed values."""
-    lines = []
+    problems: dict[str, str] = {}
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("list[", "dict[", "str", "function")))
-        key = key or "(preset)"
+        # Drop pydantic's union-branch labels ("list[...]", "constrained-str", ...).
+        key = ".".join(str(p) for p in err["loc"] if isinstance(p, int) or _is_field_part(str(p))) or "(preset)"
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(k for k in Preset.model_fields)
-            lines.append(f"{source}: unknown key {key!r} (known keys: {allowed})")
+            problems.setdefault(key, f"{source}: unknown key {key!r} (known keys: {allowed})")
             continue
         got = err.get("input")
         shown = json.dumps(got)[:60] if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
-        lines.append(f"{source}: {key}: {err['msg']} (got {shown})")
-    return "; ".join(dict.fromkeys(lines))
+        problems.setdefault(key, f"{source}: {key}: {err['msg']}{_allowed(key)} (got {shown})")
+    # When one branch of a union got further ("style.0.weight"), the other branch's
+    # type complaint about the parent ("style: not a string") is noise.
+    keys = list(problems)
+    kept = [k for k in keys if not any(o != k and o.startswith(k + ".") for o in keys)]
+    return "; ".join(problems[k] for k in kept)
+
+
+def _is_field_part(part: str) -> bool:
+    return part.isidentifier() or part in TAPPABLE_LAYERS
+
+
+def _allowed(key: str) -> str:
+    """The field's whole allowed range, e.g. " (allowed: 1 to 100000)"."""
+    field = Preset.model_fields.get(key.split(".")[0]) if "." not in key else None
+    if field is None:
+        return ""
+    low = high = None
+    for rule in field.metadata:
+        low = getattr(rule, "ge", None) if getattr(rule, "ge", None) is not None else low
+        low = getattr(rule, "gt", None) if getattr(rule, "gt", None) is not None else low
+        high = getattr(rule, "le", None) if getattr(rule, "le", None) is not None else high
+    if low is None and high is None:
+        return ""
+    return f" (allowed: {low if low is not None else '-inf'} to {high if high is not None else 'inf'})"
 
 
 def merge_preset(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,10 +255,11 @@ class PresetLibrary:
 
     def load_file(self, path: Path, overrides: Mapping[str, Any] | None = None) -> Preset:
         """Load a preset file, apply its ``extends`` chain, then ``overrides``."""
-        data = self._resolved_data(read_preset_json(path), str(path), depth=0, seen=())
+        data = read_preset_json(path)
         if overrides:
+            # Before resolving: an override of `extends` must change the base.
             data = merge_preset(data, overrides)
-        return self.validate(data, str(path))
+        return self.validate(self._resolved_data(data, str(path), depth=0, seen=(path.stem,)), str(path))
 
     def from_data(self, data: Mapping[str, Any], source: str) -> Preset:
         return self.validate(self._resolved_data(data, source, depth=0, seen=()), source)
@@ -263,18 +288,21 @@ class PresetLibrary:
         base = self._resolved_data(read_preset_json(parent_path), str(parent_path), depth + 1, (*seen, parent))
         return merge_preset(base, {k: v for k, v in data.items() if k != "extends"})
 
-    def resolve_style(self, name: str, *, operator_path_ok: bool = False) -> Path:
+    def resolve_style(self, name: str, *, operator_path_ok: bool = False,
+                      operator_dirs: Sequence[Path] = ()) -> Path:
         """Find a style image; it must resolve (symlinks followed) inside a style folder.
 
         ``operator_path_ok``: ``stylefold run`` may name any existing file the operator
-        gives on the command line; presets from the hot folder never get this.
+        gives (relative to the working directory, then to ``operator_dirs``, such as the
+        folder of the preset file given); presets from the hot folder never get this.
         """
         if "\x00" in name:
             raise StyleNotFound(f"style {name!r}: not a valid file name")
         if operator_path_ok:
-            direct = Path(name).expanduser()
-            if direct.is_file():
-                return direct.resolve()
+            for base in (Path.cwd(), *operator_dirs):
+                direct = base / Path(name).expanduser()
+                if direct.is_file():
+                    return direct.resolve()
         relative = Path(name)
         if relative.is_absolute() or ".." in relative.parts:
             raise StyleNotFound(

@@ -53,13 +53,16 @@ def configure_logging(verbose: int = 0) -> None:
     """Called once, by the CLI: the only place logging is configured."""
     level = logging.DEBUG if verbose > 0 else logging.INFO
     root = logging.getLogger()
-    root.handlers.clear()
+    # Replace only our own handler (main() may run more than once in a process: tests).
+    for old in [h for h in root.handlers if getattr(h, "_stylefold", False)]:
+        root.removeHandler(old)
     if is_interactive():
         handler: logging.Handler = RichHandler(console=console(), show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._stylefold = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("PIL", "watchdog"):

@@ -7,7 +7,9 @@ order is torchvision's ``vgg19().features`` order, index for index.
 
 from __future__ import annotations
 
-__all__ = ["LAYER_NAMES", "TAPPABLE_LAYERS"]
+from collections.abc import Iterable
+
+__all__ = ["LAYER_NAMES", "TAPPABLE_LAYERS", "min_side"]
 
 _BLOCKS: tuple[int, ...] = (2, 2, 4, 4, 4)
 
@@ -23,3 +25,11 @@ def _layer_names() -> tuple[str, ...]:
 
 LAYER_NAMES: tuple[str, ...] = _layer_names()
 TAPPABLE_LAYERS: tuple[str, ...] = tuple(n for n in LAYER_NAMES if not n.startswith("pool"))
+
+
+def min_side(layers: Iterable[str]) -> int:
+    """Smallest image side for which every pooling before the deepest of ``layers``
+    still has a 2x2 window (each pooling halves the side; below 1 px torch fails)."""
+    deepest = max((LAYER_NAMES.index(name) for name in layers), default=0)
+    pools = sum(1 for name in LAYER_NAMES[:deepest] if name.startswith("pool"))
+    return 2**pools

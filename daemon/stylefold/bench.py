@@ -1,0 +1,150 @@
+"""``stylefold bench``: seconds per optimisation step by preset, size and precision,
+beside this machine's measured matrix-multiply peak.
+
+A step's floating-point work is counted with ``torch.utils.flop_counter`` (convolutions
+and matrix products, forward and backward), so "fraction of peak" compares like with
+like: the step's achieved FLOP/s against a large square matmul's at the same precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .engine import FeatureExtractor, StyleParams, build_extractor, resolve_device, stylize, tune_cpu_allocator
+from .presets import PresetLibrary
+from .pipeline import _engine_params
+
+__all__ = ["BenchRow", "matmul_peak", "run_bench", "time_steps"]
+
+logger = logging.getLogger(__name__)
+
+WARMUP_STEPS = 2
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    preset: str
+    height: int
+    width: int
+    precision: str
+    s_per_step: float
+    gflop_per_step: float
+    gflops: float
+    peak_gflops: float
+    fraction_of_peak: float
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 3) -> float:
+    """GFLOP/s of an n x n x n matmul, best of ``reps`` after one warm-up."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for i in range(reps + 1):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i:
+            best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def time_steps(extractor: FeatureExtractor, params: StyleParams, content: torch.Tensor,
+               style: torch.Tensor, steps: int) -> float:
+    """Median seconds per step over ``steps`` steps after ``WARMUP_STEPS``."""
+    run = StyleParams(**{**asdict(params), "steps": WARMUP_STEPS + steps, "snapshot_every": 0})
+    stamps: list[float] = []
+
+    def on_step(_: Any) -> None:
+        _sync(extractor.device)
+        stamps.append(time.perf_counter())
+
+    stylize(extractor, content, [(style, 1.0)], run, on_step=on_step)
+    per_step = [b - a for a, b in zip(stamps[WARMUP_STEPS - 1:], stamps[WARMUP_STEPS:])]
+    return statistics.median(per_step)
+
+
+def step_flops(extractor: FeatureExtractor, params: StyleParams, content: torch.Tensor, style: torch.Tensor) -> float:
+    """FLOPs of one step: a 1-step run minus a 0-step run (which computes only targets)."""
+    counts = []
+    for steps in (0, 1):
+        run = StyleParams(**{**asdict(params), "steps": steps, "snapshot_every": 0})
+        with FlopCounterMode(display=False) as counter:
+            stylize(extractor, content, [(style, 1.0)], run)
+        counts.append(counter.get_total_flops())
+    return float(counts[1] - counts[0])
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device or "auto")
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    precisions = _precisions(args.precisions, device)
+    sizes = [int(s) for s in str(args.sizes).split(",") if s]
+    extractor = build_extractor(args.weights, device)
+    library = PresetLibrary.default()
+    peaks = {p: matmul_peak(device, _DTYPES[p]) for p in precisions}
+    for p, g in peaks.items():
+        logger.info("matmul peak %s on %s: %.0f GFLOP/s", p, device, g)
+    rows: list[BenchRow] = []
+    for name in [n for n in str(args.presets).split(",") if n]:
+        preset = library.load(name)
+        for size in sizes:
+            # A 4:3 landscape photo at this short side; the style image at the same size.
+            gen = torch.Generator().manual_seed(0)
+            content = torch.rand(1, 3, size, size * 4 // 3, generator=gen)
+            style = torch.rand(1, 3, size, size, generator=gen)
+            for precision in precisions:
+                params = _engine_params(preset, precision)
+                seconds = time_steps(extractor, params, content, style, args.steps)
+                flops = step_flops(extractor, params, content, style)
+                gflops = flops / seconds / 1e9
+                row = BenchRow(name, size, size * 4 // 3, precision, seconds, flops / 1e9, gflops,
+                               peaks[precision], gflops / peaks[precision])
+                rows.append(row)
+                logger.info("%s %dx%d %s: %.4f s/step, %.1f GFLOP/step, %.0f GFLOP/s = %.0f%% of peak",
+                            name, row.height, row.width, precision, seconds, row.gflop_per_step, gflops,
+                            100 * row.fraction_of_peak)
+    _print(rows, device, peaks, as_json=args.json)
+    return 0
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _precisions(arg: str | None, device: torch.device) -> list[str]:
+    if arg:
+        return [p for p in arg.split(",") if p]
+    out = ["fp32"]
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        out.append("bf16")
+    if device.type == "cuda":
+        out += ["bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp16"]
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _print(rows: list[BenchRow], device: torch.device, peaks: dict[str, float], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
+                          "matmul_peak_gflops": peaks, "rows": [asdict(r) for r in rows]}, indent=2))
+        return
+    peak_text = ", ".join(f"{p} {g:.0f}" for p, g in peaks.items())
+    print(f"device {device}, {torch.get_num_threads()} threads; matmul peak GFLOP/s: {peak_text}")
+    print(f"{'preset':<8} {'size':>9} {'prec':<5} {'s/step':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} {'of peak':>8}")
+    for r in rows:
+        print(f"{r.preset:<8} {f'{r.height}x{r.width}':>9} {r.precision:<5} {r.s_per_step:>8.4f} "
+              f"{r.gflop_per_step:>10.1f} {r.gflops:>8.0f} {100 * r.fraction_of_peak:>7.0f}%")
