@@ -310,3 +310,14 @@ def test_histogram_matching_matches_mean_and_covariance():
     m, c = matched.reshape(3, -1).double(), content.reshape(3, -1).double()
     torch.testing.assert_close(m.mean(1), c.mean(1), atol=2e-3, rtol=0)
     torch.testing.assert_close(torch.cov(m), torch.cov(c), atol=2e-3, rtol=0)
+
+
+def test_gram_backward_matches_autograd_of_the_direct_formula():
+    f = torch.randn(1, 6, 5, 4, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(6, 6, dtype=torch.float64)  # an asymmetric upstream gradient
+    (gram_matrix(f).double() * weights).sum().backward()
+    ours = f.grad.clone()
+    f.grad = None
+    flat = f.reshape(6, 20)
+    ((flat @ flat.t() / (6 * 20)) * weights).sum().backward()
+    torch.testing.assert_close(ours, f.grad, rtol=1e-5, atol=1e-7)
