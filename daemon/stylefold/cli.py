@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a preset key, e.g. --set steps=50 --set output.format=png (repeatable)")
     _add_engine_options(run)
     run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="run the hot-folder daemon")
+    serve.add_argument("--root", type=Path, default=None, help="hot-folder root (default ./hotfolders, or $STYLEFOLD_ROOT)")
+    serve.add_argument("--once", action="store_true", help="process what is in the inbox, then exit")
+    _add_engine_options(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    init = sub.add_parser("init", help="create the hot-folder tree and a commented stylefold.toml")
+    init.add_argument("root", nargs="?", type=Path, default=None, metavar="DIR")
+    init.set_defaults(func=cmd_init)
+
+    submit = sub.add_parser("submit", help="place images into the inbox safely (temp name, then rename)")
+    submit.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    submit.add_argument("--preset", "-p", default=None, help="a preset name (inbox/NAME/) or a preset JSON file (sidecar)")
+    submit.add_argument("--root", type=Path, default=None)
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="queue, running job with progress, recent results and failures")
+    status.add_argument("--root", type=Path, default=None)
+    status.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    status.set_defaults(func=cmd_status)
 
     presets = sub.add_parser("presets", help="list, show, validate presets; print their JSON schema")
     psub = presets.add_subparsers(dest="presets_command", metavar="ACTION", required=True)
@@ -191,6 +213,94 @@ def cmd_run(args: argparse.Namespace) -> int:
             continue
         print(result.paths.image)
     return EXIT_JOB_FAILED if failed else EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    config = load_config(args.config, {"root": args.root, "device": args.device, "weights": args.weights})
+    from .engine import WeightsError, build_extractor, resolve_device, tune_cpu_allocator
+    from .pipeline import Limits, Stylist
+    from .progress import ServeConsole
+    from .sdnotify import Notifier
+    from .service import Service
+    from .worker import FatalDeviceError
+
+    try:
+        device = resolve_device(config.device)
+        if device.type == "cpu":
+            tune_cpu_allocator()
+        logger.info("loading VGG19 (%s) on %s", config.weights, device)
+        extractor = build_extractor(config.weights, device)
+    except (ValueError, WeightsError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    stylist = Stylist(extractor, Limits(config.max_steps, config.max_size, config.max_input_pixels))
+    with ServeConsole(config.log_every_s) as view:
+        service = Service(config, stylist, view=view, notifier=Notifier.from_env())
+        signals = {"count": 0}
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            # Handlers only set flags (warm stop); a second signal is a cold stop: the
+            # job's claim survives it and resumes from its last checkpoint.
+            signals["count"] += 1
+            if signals["count"] > 1:
+                os._exit(130)
+            logger.info("signal %d: finishing the current step, then stopping", signum)
+            service.request_stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        try:
+            return service.run(once=args.once)
+        except FatalDeviceError as exc:
+            logger.critical("device error, exiting for a restart: %s", exc)
+            return EXIT_JOB_FAILED
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .admin import init_root
+
+    root = args.root or load_config(None).root
+    created = init_root(root)
+    for path in created:
+        print(f"created {path}")
+    print(f"hot folder ready at {root.absolute()}; start it with: stylefold serve --root {root}")
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .admin import submit_files
+
+    config = load_config(None, {"root": args.root})
+    try:
+        placed = submit_files(args.images, config.root, args.preset)
+    except (OSError, ValueError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    for path in placed:
+        print(path)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .admin import status_report
+
+    config = load_config(None, {"root": args.root})
+    report = status_report(config.root)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"{report['root']}: {len(report['waiting'])} waiting in the inbox")
+    for job in report["running"]:
+        progress = job["progress"] or {}
+        step = f" step {progress['step']}/{progress['steps']}" if progress else ""
+        print(f"  {job['state']:<8} {job['source']}{step} (attempt {job['attempts']})")
+    for job in report["recent_done"]:
+        print(f"  done     {job['source']} -> {job['output']}")
+    for job in report["recent_failed"]:
+        print(f"  failed   {job['source']} ({job['kind']}): {job['error']}")
+    return EXIT_OK
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

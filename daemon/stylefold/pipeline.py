@@ -8,7 +8,10 @@ job's files are the same whichever started it. Failures are ``JobFailure`` with 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import io
+import json
 import logging
 import platform
 import time
@@ -19,11 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import __version__, imageio, outputs
 from .digest import sha256_file
 from .engine import (
     EngineError,
+    EngineState,
     FeatureExtractor,
     StepInfo,
     StyleParams,
@@ -35,7 +40,7 @@ from .engine import color
 from .presets import Preset
 from .vgg_layers import min_side
 
-__all__ = ["JobFailure", "JobResult", "Limits", "Stylist", "sha256_file"]
+__all__ = ["Checkpoint", "JobFailure", "JobResult", "Limits", "Rendered", "Stylist", "sha256_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +75,75 @@ class Limits:
 class JobResult:
     paths: outputs.OutputPaths
     report: dict[str, Any]
-    history: list[StepInfo] = field(default_factory=list)
+    rows: list[dict[str, float]] = field(default_factory=list)
     stopped: bool = False
+
+
+@dataclass
+class Checkpoint:
+    """An interrupted render: the engine's state plus the log rows and snapshots so far."""
+
+    state: EngineState
+    rows: list[dict[str, float]]
+    snapshots: list[tuple[int, Image.Image]]
+
+    def save(self, path: Path) -> None:
+        """torch.save to a temp name, then rename: a checkpoint is whole or absent."""
+        payload = {
+            "step": self.state.step, "image": self.state.image, "optimizer": self.state.optimizer_state,
+            "rows": self.rows, "snapshots": [(s, _png_bytes(img)) for s, img in self.snapshots],
+        }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        outputs.write_atomic(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        state = EngineState(step=int(payload["step"]), image=payload["image"], optimizer_state=payload["optimizer"])
+        snaps = [(int(s), Image.open(io.BytesIO(b)).convert("RGB")) for s, b in payload["snapshots"]]
+        return cls(state, list(payload["rows"]), snaps)
+
+
+@dataclass
+class Rendered:
+    """A finished optimisation, in memory, not yet written to the outbox."""
+
+    image: Image.Image
+    exif: bytes | None
+    ext: str
+    base: str
+    quality: int
+    rows: list[dict[str, float]]
+    snapshots: list[tuple[int, Image.Image]]
+    report: dict[str, Any]
+    title: str
+    stopped: bool
+    state: EngineState
+
+    def save(self, folder: Path) -> None:
+        """Persist everything publish() needs, so a crash after the image is out can
+        finish the logs without a second result (rendered.png is lossless)."""
+        outputs.write_atomic(folder / "rendered.png", _png_bytes(self.image))
+        for step, snap in self.snapshots:
+            outputs.write_atomic(folder / f"snapshot-{step}.png", _png_bytes(snap))
+        meta = {"exif": self.exif.hex() if self.exif else None, "ext": self.ext, "base": self.base,
+                "quality": self.quality, "rows": self.rows, "snapshots": [s for s, _ in self.snapshots],
+                "report": self.report, "title": self.title, "stopped": self.stopped}
+        outputs.write_atomic(folder / "rendered.json", json.dumps(meta).encode())
+
+    @classmethod
+    def load(cls, folder: Path) -> Rendered | None:
+        try:
+            meta = json.loads((folder / "rendered.json").read_bytes())
+            image = Image.open(folder / "rendered.png").convert("RGB")
+            snaps = [(s, Image.open(folder / f"snapshot-{s}.png").convert("RGB")) for s in meta["snapshots"]]
+        except (OSError, ValueError, KeyError):
+            return None
+        empty = EngineState(step=len(meta["rows"]), image=torch.empty(0), optimizer_state={})
+        return cls(image=image, exif=bytes.fromhex(meta["exif"]) if meta["exif"] else None, ext=meta["ext"],
+                   base=meta["base"], quality=meta["quality"], rows=meta["rows"], snapshots=snaps,
+                   report=meta["report"], title=meta["title"], stopped=meta["stopped"], state=empty)
 
 
 @dataclass
@@ -96,10 +168,29 @@ class Stylist:
         on_step: Callable[[StepInfo], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> JobResult:
+        """Render, then publish: what ``stylefold run`` does for each photo."""
+        rendered = self.render(image_path, preset, styles, preset_source=preset_source,
+                               on_step=on_step, should_stop=should_stop)
+        return self.publish(rendered, outbox, logs)
+
+    def render(
+        self,
+        image_path: Path,
+        preset: Preset,
+        styles: Sequence[tuple[Path, float]],
+        *,
+        preset_source: str = "",
+        on_step: Callable[[StepInfo], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        resume: Checkpoint | None = None,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
+        checkpoint_every: int = 0,
+    ) -> Rendered:
+        """Load the photo and styles, optimise, and return the result in memory."""
         started_at = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
         self.limits.check(preset)
-        image_path, outbox, logs = image_path.absolute(), outbox.absolute(), logs.absolute()
+        image_path = image_path.absolute()
         precision = resolve_precision(preset.precision, self.device)
         loaded = self._load(image_path)
         working = imageio.fit_short_side(loaded.image, preset.size)
@@ -122,34 +213,43 @@ class Stylist:
         elif preset.preserve_color == "histogram":
             target_styles = [(color.match_color_statistics(s, content), w) for s, w in style_tensors]
 
-        snapshots: list[tuple[int, Any]] = []
+        rows: list[dict[str, float]] = list(resume.rows) if resume else []
+        snapshots: list[tuple[int, Image.Image]] = list(resume.snapshots) if resume else []
+        # Elapsed time continues across a resume, so the CSV reads as one run.
+        offset = rows[-1]["elapsed_s"] if rows else 0.0
+
+        def step(info: StepInfo) -> None:
+            info = dataclasses.replace(info, elapsed_s=info.elapsed_s + offset)
+            rows.append(asdict(info))
+            if on_step is not None:
+                on_step(info)
 
         def keep_snapshot(step: int, image: torch.Tensor) -> None:
             snap = _to_pil(self._finish(image, content, preset))
             snap.thumbnail((SNAPSHOT_CELL, SNAPSHOT_CELL))
             snapshots.append((step, snap))
 
+        def state(engine_state: EngineState) -> None:
+            if on_checkpoint is not None:
+                on_checkpoint(Checkpoint(engine_state, list(rows), list(snapshots)))
+
         params = _engine_params(preset, precision)
         t_engine = time.perf_counter()
         try:
             result = stylize(
                 self.extractor, target_content, target_styles, params,
-                on_step=on_step, on_snapshot=keep_snapshot if preset.snapshot_every else None,
+                on_step=step, on_snapshot=keep_snapshot if preset.snapshot_every else None,
                 should_stop=should_stop, style_cache=self.style_cache,
+                resume=resume.state if resume else None, on_state=state, state_every=checkpoint_every,
             )
         except EngineError as exc:
             raise JobFailure("internal", str(exc)) from exc
         except torch.OutOfMemoryError as exc:
-            raise JobFailure("out_of_memory", f"out of memory on {self.device} at size {preset.size}; lower size") from exc
+            raise JobFailure(
+                "out_of_memory", f"out of memory on {self.device} at size {preset.size}; lower the preset's size"
+            ) from exc
         engine_s = time.perf_counter() - t_engine
-
         final = _to_pil(self._finish(result.image, content, preset))
-        ext = imageio.output_extension(image_path.suffix, preset.output.format)
-        base = outputs.base_name(image_path.name, [p.name for p, _ in styles])
-        outbox.mkdir(parents=True, exist_ok=True)
-        logs.mkdir(parents=True, exist_ok=True)
-        paths = outputs.publish_result(final, outbox, logs, base, ext, quality=preset.output.quality, exif=loaded.exif)
-        rows = [asdict(h) for h in result.history]
         report = {
             "status": "stopped" if result.stopped else "done",
             "input": {
@@ -160,22 +260,47 @@ class Stylist:
             "styles": [{"path": str(p.absolute()), "weight": w, "normalised_weight": w / sum(x for _, x in styles),
                         "sha256": sha256_file(p)} for p, w in styles],
             "preset": {"source": preset_source, "effective": preset.effective()},
-            "output": {"path": str(paths.image), "size": list(final.size), "base": paths.base},
-            "logs": {"losses_csv": str(paths.losses_csv), "plot": str(paths.plot),
-                     "progress": str(paths.progress) if snapshots else None},
             "device": str(self.device), "precision": precision,
-            "steps_run": len(result.history),
+            "steps_run": len(rows),
             "final_losses": {k: v for k, v in rows[-1].items() if k.endswith("loss")} if rows else None,
             "seconds": {"total": round(time.perf_counter() - t0, 3), "engine": round(engine_s, 3)},
             "started_at": started_at.isoformat(timespec="seconds"),
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "weights": asdict(self.extractor.weights),
             "versions": versions(),
         }
-        title = f"{image_path.name} · {', '.join(p.name for p, _ in styles)}"
-        outputs.write_logs(paths, rows, report, snapshots, title)
-        logger.info("wrote %s (%d steps, %.1f s)", paths.image, len(rows), report["seconds"]["total"])
-        return JobResult(paths=paths, report=report, history=result.history, stopped=result.stopped)
+        return Rendered(
+            image=final, exif=loaded.exif,
+            ext=imageio.output_extension(image_path.suffix, preset.output.format),
+            base=outputs.base_name(image_path.name, [p.name for p, _ in styles]),
+            quality=preset.output.quality, rows=rows, snapshots=snapshots, report=report,
+            title=f"{image_path.name} · {', '.join(p.name for p, _ in styles)}",
+            stopped=result.stopped, state=result.state,
+        )
+
+    def publish(self, rendered: Rendered, outbox: Path, logs: Path, *,
+                reserved: outputs.OutputPaths | None = None,
+                on_reserved: Callable[[outputs.OutputPaths], None] | None = None) -> JobResult:
+        """Write the SPEC §5 files. ``reserved``: the names a crashed earlier attempt
+        already published the image under (its logs are then rewritten, nothing new is
+        created); ``on_reserved`` is told the names as soon as the image is out."""
+        outbox, logs = outbox.absolute(), logs.absolute()
+        outbox.mkdir(parents=True, exist_ok=True)
+        logs.mkdir(parents=True, exist_ok=True)
+        paths = reserved or outputs.publish_result(
+            rendered.image, outbox, logs, rendered.base, rendered.ext, quality=rendered.quality, exif=rendered.exif
+        )
+        if on_reserved is not None and reserved is None:
+            on_reserved(paths)
+        report = {
+            **rendered.report,
+            "output": {"path": str(paths.image), "size": list(rendered.image.size), "base": paths.base},
+            "logs": {"losses_csv": str(paths.losses_csv), "plot": str(paths.plot),
+                     "progress": str(paths.progress) if rendered.snapshots else None},
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        outputs.write_logs(paths, rendered.rows, report, rendered.snapshots, rendered.title)
+        logger.info("wrote %s (%d steps, %.1f s)", paths.image, len(rendered.rows), report["seconds"]["total"])
+        return JobResult(paths=paths, report=report, rows=rendered.rows, stopped=rendered.stopped)
 
     def _load(self, path: Path) -> imageio.LoadedImage:
         try:
@@ -211,6 +336,12 @@ def _engine_params(preset: Preset, precision: str) -> StyleParams:
 
 def _to_tensor(image: Any) -> torch.Tensor:
     return torch.from_numpy(imageio.to_float_array(image)).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _to_pil(image: torch.Tensor) -> Any:

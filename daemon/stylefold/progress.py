@@ -14,13 +14,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-__all__ = ["StepLike", "StepReporter", "configure_logging", "console", "step_reporter"]
+__all__ = ["ServeConsole", "StepLike", "StepReporter", "configure_logging", "console", "step_reporter"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,3 +111,89 @@ def step_reporter(label: str, total: int, log_every_s: float = 10.0) -> Iterator
     )
     with Progress(*columns, console=console(), transient=False) as progress:
         yield StepReporter(label, total, progress, log_every_s)
+
+
+class ServeConsole:
+    """The daemon's console: a rich live view on a terminal, log lines elsewhere.
+
+    Live view: queue depth, the running job (step/total, losses, steps/s, ETA) and the
+    last results. Off a terminal: a line when a job starts and ends, and a progress line
+    every ``log_every_s`` seconds (rich's Live would print nothing until it stops).
+    """
+
+    def __init__(self, log_every_s: float = 10.0) -> None:
+        self.log_every_s = log_every_s
+        self.interactive = is_interactive()
+        self._waiting = 0
+        self._job: str | None = None
+        self._steps = 0
+        self._info: StepLike | None = None
+        self._recent: list[tuple[str, str, float]] = []
+        self._last_log = 0.0
+        self._live: Any = None
+
+    def __enter__(self) -> ServeConsole:
+        if self.interactive:
+            from rich.live import Live
+
+            self._live = Live(self._render(), console=console(), refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def queue(self, waiting: int) -> None:
+        self._waiting = waiting
+        self._refresh()
+
+    def job_started(self, name: str, preset: Any) -> None:
+        self._job, self._steps, self._info = name, preset.steps, None
+        self._last_log = time.monotonic()
+        logger.info("job start %s (%d steps, size %d)", name, preset.steps, preset.size)
+        self._refresh()
+
+    def step(self, name: str, info: StepLike) -> None:
+        self._info = info
+        now = time.monotonic()
+        if not self.interactive and now - self._last_log >= self.log_every_s:
+            self._last_log = now
+            rate = info.step / info.elapsed_s if info.elapsed_s > 0 else 0.0
+            eta = (info.steps - info.step) / rate if rate > 0 else float("nan")
+            logger.info("job %s step %d/%d total=%.4g %.2f steps/s ETA %.0fs", name, info.step, info.steps,
+                        info.total_loss, rate, eta)
+        self._refresh()
+
+    def job_ended(self, name: str, outcome: str, seconds: float) -> None:
+        logger.info("job end %s: %s in %.1f s", name, outcome, seconds)
+        self._recent = [(name, outcome, seconds), *self._recent][:8]
+        self._job, self._info = None, None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"stylefold: {self._waiting} waiting", expand=False, show_header=True)
+        table.add_column("job")
+        table.add_column("progress")
+        table.add_column("losses")
+        table.add_column("rate / ETA")
+        if self._job is not None:
+            info = self._info
+            if info is None:
+                table.add_row(self._job, "starting", "", "")
+            else:
+                rate = info.step / info.elapsed_s if info.elapsed_s > 0 else 0.0
+                eta = (info.steps - info.step) / rate if rate > 0 else 0.0
+                table.add_row(self._job, f"{info.step}/{info.steps}",
+                              f"total {info.total_loss:.4g} style {info.style_loss:.4g} content {info.content_loss:.4g}",
+                              f"{rate:.2f} steps/s, {eta:.0f}s left")
+        for name, outcome, seconds in self._recent:
+            table.add_row(name, outcome, "", f"{seconds:.1f}s")
+        return table

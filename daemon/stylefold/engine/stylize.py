@@ -144,12 +144,16 @@ def stylize(
     should_stop: Callable[[], bool] | None = None,
     style_cache: StyleTargetCache | None = None,
     resume: EngineState | None = None,
+    on_state: Callable[[EngineState], None] | None = None,
+    state_every: int = 0,
 ) -> StyleResult:
     """Optimise an image whose content matches ``content`` and whose Gram matrices
     match the weighted blend of ``styles``' (weights are normalised to sum 1).
 
     ``content`` and each style are (1, 3, H, W) tensors in [0, 1]; styles may have
     another size than the content (Gram matrices do not depend on it).
+    ``on_state`` receives an ``EngineState`` every ``state_every`` steps (checkpoints);
+    ``resume`` continues from one, bit for bit as if never interrupted.
     """
     if not styles:
         raise EngineError("at least one style image is needed")
@@ -230,9 +234,12 @@ def stylize(
             on_step(info)
         if on_snapshot is not None and params.snapshot_every and step % params.snapshot_every == 0:
             on_snapshot(step, _final(image))
+        if on_state is not None and state_every and step % state_every == 0 and step < params.steps:
+            on_state(EngineState(step=step, image=image.detach().to("cpu", copy=True),
+                                 optimizer_state=optimizer.state_dict()))
 
     result_image = _final(image)
-    state = EngineState(step=step, image=result_image, optimizer_state=optimizer.state_dict())
+    state = EngineState(step=step, image=image.detach().to("cpu", copy=True), optimizer_state=optimizer.state_dict())
     return StyleResult(image=result_image, history=history, stopped=stopped, state=state)
 
 

@@ -1,0 +1,142 @@
+"""``stylefold init``, ``submit`` and ``status``: the hot folder from the outside.
+
+No torch: these run in an editor's export hook or a shell and must start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import CONFIG_NAME
+from .folders import PRESET_FILE, HotFolder, is_ignored, is_image
+from .jobs import JobState, Journal
+
+__all__ = ["CONFIG_TEMPLATE", "init_root", "status_report", "submit_files"]
+
+CONFIG_TEMPLATE = """\
+# stylefold configuration. Every key is optional; the values shown are the defaults.
+# Precedence: command line, then STYLEFOLD_* environment variables, then this file.
+# Relative paths are relative to this file's folder.
+
+# root = "."                  # the hot folder (this file's folder when it lives there)
+# device = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
+# weights = "imagenet"        # imagenet (downloaded once, 548 MB), a .pth path, or random
+# default_preset = "book"     # preset for images with no sidecar, preset.json or folder preset
+# presets_dir = "presets"     # your own NAME.json presets (their styles in presets/styles/)
+# style_dirs = []             # more folders style images may come from
+
+# Caps a preset can never exceed (the job fails with kind too_large):
+# max_steps = 2000
+# max_size = 2048             # shorter side of the result, pixels
+# max_input_pixels = 100000000
+
+# Watching:
+# settle_s = 2.0              # a file is taken once unchanged this long
+# pair_timeout_s = 30.0       # how long an image waits for its sidecar .json
+# scan_interval_s = 30.0      # full rescan, in case file events were lost
+# poll = false                # true on network shares (SMB/NFS): poll instead of inotify
+# checkpoint_every = 50       # steps between checkpoints of a running job
+# log_every_s = 10.0          # progress log line interval off a terminal
+"""
+
+
+def init_root(root: Path) -> list[Path]:
+    """Create the hot-folder tree and a commented config; returns what was created."""
+    hot = HotFolder(root)
+    created = [p for p in (hot.inbox, hot.styles, hot.outbox, hot.logs, hot.done, hot.failed, hot.work)
+               if not p.exists()]
+    hot.ensure()
+    config = root / CONFIG_NAME
+    if not config.exists():
+        config.write_text(CONFIG_TEMPLATE, encoding="utf-8")
+        created.append(config)
+    return created
+
+
+def submit_files(images: Sequence[Path], root: Path, preset: str | None = None) -> list[Path]:
+    """Copy images into the inbox safely: a hidden temp name, fsync, then rename, so the
+    daemon never sees half a file. ``preset``: a preset name (the image goes into
+    ``inbox/NAME/``) or a preset JSON file (copied as each image's sidecar, first)."""
+    hot = HotFolder(root)
+    hot.inbox.mkdir(parents=True, exist_ok=True)
+    target_dir = hot.inbox
+    sidecar: Path | None = None
+    if preset:
+        as_file = Path(preset)
+        if as_file.suffix.lower() == ".json":
+            if not as_file.is_file():
+                raise FileNotFoundError(f"preset file {as_file} does not exist")
+            sidecar = as_file
+        else:
+            target_dir = hot.inbox / preset
+            target_dir.mkdir(exist_ok=True)
+    placed = []
+    for image in images:
+        if not image.is_file():
+            raise FileNotFoundError(f"no such image: {image}")
+        name = _free_name(target_dir, image.name, with_sidecar=sidecar is not None)
+        if sidecar is not None:
+            _copy_in(sidecar, target_dir / f"{Path(name).stem}.json")
+        placed.append(_copy_in(image, target_dir / name))
+    return placed
+
+
+def _free_name(folder: Path, name: str, *, with_sidecar: bool) -> str:
+    stem, suffix = Path(name).stem, Path(name).suffix
+    for n in range(1, 10_000):
+        candidate = name if n == 1 else f"{stem}-{n}{suffix}"
+        if not (folder / candidate).exists() and not (with_sidecar and (folder / f"{Path(candidate).stem}.json").exists()):
+            return candidate
+    raise FileExistsError(f"no free name for {name} in {folder}")
+
+
+def _copy_in(src: Path, dest: Path) -> Path:
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    try:
+        with src.open("rb") as fin, tmp.open("xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.rename(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def status_report(root: Path, recent: int = 10) -> dict[str, Any]:
+    """Queue, running jobs with progress, recent results and failures."""
+    hot = HotFolder(root)
+    waiting = []
+    if hot.inbox.is_dir():
+        for dirpath, dirnames, filenames in os.walk(hot.inbox):
+            dirnames[:] = [d for d in dirnames if not is_ignored(d)]
+            for name in filenames:
+                if not is_ignored(name) and name != PRESET_FILE and (is_image(name) or not name.endswith(".json")):
+                    waiting.append(hot.relative(Path(dirpath) / name))
+    report: dict[str, Any] = {"root": str(hot.root.absolute()), "waiting": sorted(waiting), "running": [],
+                              "recent_done": [], "recent_failed": [], "counts": {}}
+    if not hot.journal.exists():
+        return report
+    journal = Journal(hot.journal)
+    try:
+        report["counts"] = journal.counts()
+        for record in journal.by_state(JobState.RUNNING) + journal.by_state(JobState.QUEUED):
+            report["running"].append({"job": record.id, "source": record.source, "state": record.state.value,
+                                      "attempts": record.attempts, "progress": record.progress,
+                                      "since_s": round(time.time() - record.updated, 1)})
+        for record in journal.by_state(JobState.DONE, recent):
+            report["recent_done"].append({"source": record.source, "output": record.output,
+                                          "at": record.updated})
+        for record in journal.by_state(JobState.FAILED, recent):
+            report["recent_failed"].append({"source": record.source, "kind": record.error_kind,
+                                            "error": record.error, "at": record.updated})
+    finally:
+        journal.close()
+    return report

@@ -1,0 +1,211 @@
+"""The daemon: wires the inbox watcher, the worker, the console view and sd_notify.
+
+``run_once()`` handles one job (an interrupted claim first, then the oldest ready
+file); ``run()`` repeats it until stopped; ``run(once=True)`` drains the inbox and
+returns (what ``serve --once`` and the tests use). Signal handlers live in the CLI and
+only call ``request_stop()``: the running job then stops at its next step, checkpoints
+and the loop returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .claims import Claim, claim, interrupted_claims
+from .config import Config
+from .engine import StepInfo
+from .folders import PRESET_FILE, HotFolder
+from .jobs import Journal
+from .pipeline import Stylist
+from .presets import Preset, PresetError, PresetLibrary, read_preset_json
+from .watcher import Candidate, Inbox, InboxWatcher
+from .worker import JobEvents, Outcome, Worker
+
+__all__ = ["Service", "ServiceView", "library_for"]
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceView(Protocol):
+    """What the console (rich live view or log lines) is told."""
+
+    def queue(self, waiting: int) -> None: ...
+    def job_started(self, name: str, preset: Preset) -> None: ...
+    def step(self, name: str, info: StepInfo) -> None: ...
+    def job_ended(self, name: str, outcome: str, seconds: float) -> None: ...
+
+
+class Notifier(Protocol):
+    def ready(self) -> bool: ...
+    def status(self, text: str) -> bool: ...
+    def watchdog(self) -> bool: ...
+    def stopping(self) -> bool: ...
+
+
+def library_for(config: Config, hot: HotFolder) -> PresetLibrary:
+    extra = [config.presets_dir] if config.presets_dir else []
+    return PresetLibrary.default(root_styles=hot.styles, extra_presets=extra, extra_styles=config.style_dirs)
+
+
+@dataclass
+class Service:
+    config: Config
+    stylist: Stylist
+    view: ServiceView | None = None
+    notifier: Notifier | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hot = HotFolder(self.config.root)
+        self.hot.ensure()
+        self.journal = Journal(self.hot.journal)
+        self.library = library_for(self.config, self.hot)
+        self.inbox = Inbox(self.hot, self.config.settle_s, self.config.pair_timeout_s,
+                           has_preset=lambda name: self.library.find(name) is not None,
+                           default_preset=self.config.default_preset)
+        self.wake = threading.Event()
+        self.watcher = InboxWatcher(self.inbox, self.wake, poll=self.config.poll)
+        self.worker = Worker(self.hot, self.journal, self.stylist, self.library, self.config.checkpoint_every,
+                             JobEvents(on_start=self._on_start, on_step=self._on_step))
+        self._stop = threading.Event()
+        self._last_reconcile = 0.0
+        self._last_ping = 0.0
+        self._current: str | None = None
+
+    # ------------------------------------------------------------ control
+
+    def request_stop(self) -> None:
+        """Warm stop: take no new job; the running one checkpoints at its next step."""
+        self._stop.set()
+        self.wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, once: bool = False) -> int:
+        """Serve until stopped (or, with ``once``, until the inbox is drained). Returns
+        the exit code: 1 if ``once`` and a job failed, else 0."""
+        self.watcher.start()
+        self.inbox.scan(time.monotonic())
+        self._notify("ready")
+        self._status()
+        logger.info("serving %s (%d files waiting)", self.hot.root, self.inbox.waiting())
+        try:
+            while not self._stop.is_set():
+                if self.run_once():
+                    continue
+                if once and self.inbox.waiting() == 0:
+                    break
+                self._idle()
+        finally:
+            self._notify("stopping")
+            self.watcher.stop()
+            summary = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "no jobs"
+            logger.info("stopped: %s", summary)
+        return 1 if once and self.counts.get(Outcome.FAILED.value) else 0
+
+    def run_once(self) -> bool:
+        """Handle one job if there is one; True if one was handled."""
+        now = time.monotonic()
+        if now - self._last_reconcile >= self.config.scan_interval_s or self._last_reconcile == 0.0:
+            self._last_reconcile = now
+            interrupted = next(interrupted_claims(self.hot), None)
+            if interrupted is not None:
+                logger.info("resuming interrupted job %s (%s)", interrupted.job_id, interrupted.meta.get("source"))
+                self._last_reconcile = 0.0  # look again right after: there may be more
+                self._work(interrupted)
+                return True
+        self.inbox.scan(now)
+        for candidate in self.inbox.ready(now):
+            taken = self._claim(candidate)
+            if taken is not None:
+                self._work(taken)
+                return True
+        return False
+
+    # ------------------------------------------------------------ internals
+
+    def _claim(self, candidate: Candidate) -> Claim | None:
+        origin = dict(candidate.origin)
+        if origin["kind"] == "folder":
+            # Snapshot the folder's preset.json now: it stays in the inbox for the next photo.
+            try:
+                origin["data"] = read_preset_json(Path(origin["file"]))
+            except PresetError as exc:
+                origin["error"] = str(exc)
+        self.inbox.forget(candidate.path)
+        if candidate.sidecar is not None:
+            self.inbox.forget(candidate.sidecar)
+        taken = claim(self.hot, candidate.path, candidate.sidecar, {"source": candidate.source, "origin": origin})
+        if taken is None:
+            logger.info("%s was taken by another process (or removed)", candidate.source)
+        return taken
+
+    def _work(self, job: Claim) -> None:
+        started = time.monotonic()
+        name = job.meta.get("source", job.job_id)
+        self._current = name
+        try:
+            outcome = self.worker.run(job, should_stop=self._stop.is_set)
+        finally:
+            self._current = None
+        self.counts[outcome.value] = self.counts.get(outcome.value, 0) + 1
+        if self.view is not None:
+            self.view.job_ended(name, outcome.value, time.monotonic() - started)
+        self._status()
+
+    def _idle(self) -> None:
+        self.watcher.supervise()
+        self._status()
+        self._ping_watchdog()
+        now = time.monotonic()
+        waits = [self.config.scan_interval_s, 5.0]
+        upcoming = self.inbox.next_wakeup(now)
+        if upcoming is not None:
+            waits.append(upcoming + 0.01)
+        self.wake.wait(max(0.05, min(waits)))
+        self.wake.clear()
+
+    def _on_start(self, job: Claim, preset: Preset) -> None:
+        if self.view is not None:
+            self.view.job_started(job.meta.get("source", job.job_id), preset)
+
+    def _on_step(self, job: Claim, info: StepInfo) -> None:
+        if self.view is not None:
+            self.view.step(job.meta.get("source", job.job_id), info)
+        self._ping_watchdog()
+        if info.step % 10 == 0 or info.step == info.steps:
+            self._status(info)
+
+    def _ping_watchdog(self) -> None:
+        """WATCHDOG=1 only while the watcher lives (or is being replaced by scans) and the
+        loop or the job makes progress: this is called from both, never from a timer."""
+        now = time.monotonic()
+        if now - self._last_ping < 1.0:
+            return
+        self._last_ping = now
+        if self.watcher.alive() or self.watcher.restarts == 0:
+            self._notify("watchdog")
+
+    def _status(self, info: StepInfo | None = None) -> None:
+        waiting = self.inbox.waiting()
+        if self.view is not None:
+            self.view.queue(waiting)
+        text = f"{waiting} waiting"
+        if self._current and info is not None:
+            text += f"; {self._current} step {info.step}/{info.steps}"
+        elif self._current:
+            text += f"; {self._current}"
+        self._notify("status", text)
+
+    def _notify(self, what: str, *args: Any) -> None:
+        if self.notifier is not None:
+            method: Callable[..., bool] = getattr(self.notifier, what)
+            method(*args)

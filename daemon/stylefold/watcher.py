@@ -1,0 +1,242 @@
+"""Finding work in the inbox: scans, settle times, pairing, and watchdog as a hint.
+
+Filesystem events get lost (queue overflow, network shares, a watcher thread that
+died), so they are only a reason to look sooner: the truth is a scan of the inbox. A
+file is ready once its size and mtime have not changed for ``settle_s`` (a
+close-after-write event shortens that wait). Pairing follows SPEC §3: sidecar
+``NAME.json``, then ``preset.json`` in the same folder, then the preset named by the
+subfolder, then the config's ``default_preset``; with none, the image waits
+``pair_timeout_s`` and then fails ``no_preset``. No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .folders import PRESET_FILE, HotFolder, is_ignored, is_image
+
+__all__ = ["Candidate", "Inbox", "InboxWatcher"]
+
+logger = logging.getLogger(__name__)
+
+MAX_DEPTH = 4  # inbox/SUB/shoot/day/x.jpg at most; deeper files are still found by SUB
+CLOSED_SETTLE_S = 0.25
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A settled file and how its preset was found.
+
+    ``origin``: ``{"kind": "sidecar"}``, ``{"kind": "folder", "file": ...}``,
+    ``{"kind": "named", "name": SUB}``, ``{"kind": "default", "name": ...}``,
+    ``{"kind": "none"}`` (no preset after ``pair_timeout_s``), ``{"kind": "unsupported"}``
+    (not an image) or ``{"kind": "orphan_sidecar"}`` (a NAME.json whose image never came).
+    """
+
+    path: Path
+    sidecar: Path | None
+    origin: dict[str, Any]
+    source: str  # path relative to the inbox
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    changed: float  # monotonic time of the last observed change
+    closed: bool = False
+    ready_since: float | None = None  # when it settled (for pair_timeout_s)
+
+
+@dataclass
+class Inbox:
+    """The scanning state machine; no threads, ``now`` passed in (testable without sleeps)."""
+
+    hot: HotFolder
+    settle_s: float
+    pair_timeout_s: float
+    has_preset: Callable[[str], bool]
+    default_preset: str | None = None
+    _seen: dict[Path, _Seen] = field(default_factory=dict)
+    _closed_hints: set[Path] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def hint_closed(self, path: Path) -> None:
+        """A close-after-write event (inotify IN_CLOSE_WRITE): safe to shorten the wait."""
+        with self._lock:
+            self._closed_hints.add(path)
+
+    def scan(self, now: float) -> None:
+        present: set[Path] = set()
+        for path, st in _walk(self.hot.inbox):
+            present.add(path)
+            seen = self._seen.get(path)
+            if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+                self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+        for gone in set(self._seen) - present:
+            del self._seen[gone]
+        with self._lock:
+            for path in self._closed_hints & present:
+                self._seen[path].closed = True
+            self._closed_hints.clear()
+
+    def waiting(self) -> int:
+        """Files in the inbox still to be handed out (folder preset.json files stay)."""
+        return sum(1 for p in self._seen if p.name != PRESET_FILE)
+
+    def forget(self, path: Path) -> None:
+        self._seen.pop(path, None)
+
+    def next_wakeup(self, now: float) -> float | None:
+        """Seconds until some file may become ready or time out (None: nothing waiting)."""
+        waits = []
+        for seen in self._seen.values():
+            settle = CLOSED_SETTLE_S if seen.closed else self.settle_s
+            if now - seen.changed < settle:
+                waits.append(seen.changed + settle - now)
+            elif seen.ready_since is not None:
+                waits.append(max(0.0, seen.ready_since + self.pair_timeout_s - now))
+        return min(waits) if waits else None
+
+    def ready(self, now: float) -> Iterator[Candidate]:
+        """Settled files with their preset origin, oldest first."""
+        for path, seen in sorted(self._seen.items(), key=lambda kv: kv[1].changed):
+            if not self._settled(seen, now):
+                continue
+            if seen.ready_since is None:
+                seen.ready_since = now
+            candidate = self._pair(path, seen, now)
+            if candidate is not None:
+                yield candidate
+
+    def _settled(self, seen: _Seen, now: float) -> bool:
+        return now - seen.changed >= (CLOSED_SETTLE_S if seen.closed else self.settle_s)
+
+    def _pair(self, path: Path, seen: _Seen, now: float) -> Candidate | None:
+        source = self.hot.relative(path)
+        timed_out = now - (seen.ready_since or now) >= self.pair_timeout_s
+        name = path.name
+        if name.lower().endswith(".json"):
+            if name == PRESET_FILE or self._image_for(path) is not None or not timed_out:
+                return None  # a folder preset, a sidecar waiting for its image's turn
+            return Candidate(path, None, {"kind": "orphan_sidecar"}, source)
+        if not is_image(name):
+            return Candidate(path, None, {"kind": "unsupported"}, source)
+        sidecar = path.with_suffix(".json")
+        if sidecar in self._seen:
+            if not self._settled(self._seen[sidecar], now):
+                return None  # wait for the sidecar to be complete
+            return Candidate(path, sidecar, {"kind": "sidecar", "file": sidecar.name}, source)
+        folder_preset = path.parent / PRESET_FILE
+        if folder_preset in self._seen:
+            if not self._settled(self._seen[folder_preset], now):
+                return None
+            return Candidate(path, None, {"kind": "folder", "file": str(folder_preset)}, source)
+        parts = Path(source).parts
+        if len(parts) > 1 and self.has_preset(parts[0]):
+            return Candidate(path, None, {"kind": "named", "name": parts[0]}, source)
+        if self.default_preset:
+            return Candidate(path, None, {"kind": "default", "name": self.default_preset}, source)
+        if timed_out:
+            return Candidate(path, None, {"kind": "none"}, source)
+        return None
+
+    def _image_for(self, sidecar: Path) -> Path | None:
+        stem = sidecar.stem
+        for other in self._seen:
+            if other.parent == sidecar.parent and other.stem == stem and is_image(other.name):
+                return other
+        return None
+
+
+def _walk(folder: Path, depth: int = 0) -> Iterator[tuple[Path, os.stat_result]]:
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        logger.warning("cannot list %s: %s", folder, exc)
+        return
+    for entry in entries:
+        if is_ignored(entry.name):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if depth < MAX_DEPTH:
+                    yield from _walk(Path(entry.path), depth + 1)
+            elif entry.is_file(follow_symlinks=False):
+                yield Path(entry.path), entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # moved away between listing and stat
+
+
+class InboxWatcher:
+    """watchdog's observer on the inbox, supervised: its events only wake the service.
+
+    ``poll=True`` uses watchdog's polling observer (network shares, where inotify sees
+    nothing of other machines' writes).
+    """
+
+    def __init__(self, inbox: Inbox, wake: threading.Event, *, poll: bool = False, poll_interval_s: float = 2.0):
+        self.inbox = inbox
+        self.wake = wake
+        self.poll = poll
+        self.poll_interval_s = poll_interval_s
+        self._observer: Any = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        from watchdog.events import FileClosedEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+        from watchdog.observers.polling import PollingObserver
+
+        inbox, wake = self.inbox, self.wake
+
+        class _Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                if isinstance(event, FileClosedEvent):
+                    inbox.hint_closed(Path(os.fsdecode(event.src_path)))
+                wake.set()
+
+        observer = PollingObserver(timeout=self.poll_interval_s) if self.poll else Observer()
+        observer.schedule(_Handler(), str(self.inbox.hot.inbox), recursive=True)
+        observer.daemon = True
+        try:
+            observer.start()
+        except OSError as exc:  # inotify limits reached, for one
+            logger.warning("file watcher could not start (%s); relying on periodic scans", exc)
+            self._observer = None
+            return
+        self._observer = observer
+
+    def alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def supervise(self) -> None:
+        """Restart a watcher thread that died; scans cover what it missed meanwhile."""
+        if self._observer is not None and not self._observer.is_alive():
+            logger.warning("file watcher thread died; restarting it")
+            self.restarts += 1
+            self.stop()
+            self.start()
+            self.wake.set()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+                self._observer.join(timeout=5)
+            except RuntimeError:
+                pass
+            self._observer = None
+
+
+def monotonic() -> float:
+    return time.monotonic()
