@@ -128,7 +128,7 @@ def _precisions(arg: str | None, device: torch.device) -> list[str]:
     if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         out.append("bf16")
     if device.type == "cuda":
-        out += ["bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp16"]
+        out += ["bf16", "fp16"] if torch.cuda.is_bf16_supported(including_emulation=False) else ["fp16"]
     return out
 
 

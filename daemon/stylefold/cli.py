@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     status.set_defaults(func=cmd_status)
 
+    doctor = sub.add_parser("doctor", help="check device, weights, folder permissions, inotify limits, disk space")
+    doctor.add_argument("--root", type=Path, default=None)
+    doctor.add_argument("--config", type=Path, default=None)
+    doctor.add_argument("--device", default=None)
+    doctor.add_argument("--weights", default=None)
+    doctor.set_defaults(func=cmd_doctor)
+
     presets = sub.add_parser("presets", help="list, show, validate presets; print their JSON schema")
     psub = presets.add_subparsers(dest="presets_command", metavar="ACTION", required=True)
     plist = psub.add_parser("list", help="built-in and presets-dir presets")
@@ -217,8 +224,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
+    import threading
 
     config = load_config(args.config, {"root": args.root, "device": args.device, "weights": args.weights})
+    # Handlers first, so a SIGTERM during the model load is a clean exit 0 too. They
+    # only set flags (warm stop); a second signal is a cold stop: the running job's
+    # claim survives it and resumes from its last checkpoint.
+    stop = threading.Event()
+    service_ref: list[Any] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+        logger.info("signal %d: finishing the current step, then stopping", signum)
+        for service in service_ref:
+            service.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
     from .engine import WeightsError, build_extractor, resolve_device, tune_cpu_allocator
     from .pipeline import Limits, Stylist
     from .progress import ServeConsole
@@ -238,19 +263,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stylist = Stylist(extractor, Limits(config.max_steps, config.max_size, config.max_input_pixels))
     with ServeConsole(config.log_every_s) as view:
         service = Service(config, stylist, view=view, notifier=Notifier.from_env())
-        signals = {"count": 0}
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            # Handlers only set flags (warm stop); a second signal is a cold stop: the
-            # job's claim survives it and resumes from its last checkpoint.
-            signals["count"] += 1
-            if signals["count"] > 1:
-                os._exit(130)
-            logger.info("signal %d: finishing the current step, then stopping", signum)
+        service_ref.append(service)
+        if stop.is_set():
             service.request_stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, on_signal)
         try:
             return service.run(once=args.once)
         except FatalDeviceError as exc:
@@ -301,6 +316,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     for job in report["recent_failed"]:
         print(f"  failed   {job['source']} ({job['kind']}): {job['error']}")
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import exit_code, format_checks, run_doctor
+
+    config = load_config(args.config, {"root": args.root, "device": args.device, "weights": args.weights})
+    checks = run_doctor(config)
+    print(format_checks(checks))
+    return exit_code(checks)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

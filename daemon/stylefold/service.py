@@ -24,6 +24,7 @@ from .folders import PRESET_FILE, HotFolder
 from .jobs import Journal
 from .pipeline import Stylist
 from .presets import Preset, PresetError, PresetLibrary, read_preset_json
+from .sdnotify import WatchdogGate
 from .watcher import Candidate, Inbox, InboxWatcher
 from .worker import JobEvents, Outcome, Worker
 
@@ -74,6 +75,7 @@ class Service:
         self.worker = Worker(self.hot, self.journal, self.stylist, self.library, self.config.checkpoint_every,
                              JobEvents(on_start=self._on_start, on_step=self._on_step))
         self._stop = threading.Event()
+        self.gate = WatchdogGate(["watcher", "worker"])
         self._last_reconcile = 0.0
         self._last_ping = 0.0
         self._current: str | None = None
@@ -162,11 +164,13 @@ class Service:
         self._status()
 
     def _idle(self) -> None:
-        self.watcher.supervise()
         self._status()
         self._ping_watchdog()
         now = time.monotonic()
         waits = [self.config.scan_interval_s, 5.0]
+        interval = getattr(self.notifier, "watchdog_interval_s", None)
+        if interval:
+            waits.append(interval)
         upcoming = self.inbox.next_wakeup(now)
         if upcoming is not None:
             waits.append(upcoming + 0.01)
@@ -185,14 +189,23 @@ class Service:
             self._status(info)
 
     def _ping_watchdog(self) -> None:
-        """WATCHDOG=1 only while the watcher lives (or is being replaced by scans) and the
-        loop or the job makes progress: this is called from both, never from a timer."""
+        """WATCHDOG=1 at half of WATCHDOG_USEC, and only while the watcher thread lives
+        and the worker makes progress. Called from the idle loop and from each
+        optimisation step, never from a timer thread: a hung job or loop stops the
+        pings and systemd restarts the process (the job resumes from its checkpoint)."""
         now = time.monotonic()
-        if now - self._last_ping < 1.0:
+        self.watcher.supervise()
+        self.gate.beat("worker", now)
+        if self.watcher.alive() or not self.watcher.enabled:
+            self.gate.beat("watcher", now)
+        interval = getattr(self.notifier, "watchdog_interval_s", None)
+        if interval is None or now - self._last_ping < interval:
             return
-        self._last_ping = now
-        if self.watcher.alive() or self.watcher.restarts == 0:
+        if self.gate.healthy(now, max_silence_s=2 * interval):
+            self._last_ping = now
             self._notify("watchdog")
+        else:
+            logger.warning("not pinging the watchdog: %s silent", ", ".join(self.gate.stale(now, 2 * interval)))
 
     def _status(self, info: StepInfo | None = None) -> None:
         waiting = self.inbox.waiting()

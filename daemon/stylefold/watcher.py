@@ -177,6 +177,17 @@ def _walk(folder: Path, depth: int = 0) -> Iterator[tuple[Path, os.stat_result]]
             continue  # moved away between listing and stat
 
 
+class _DropStopRace(logging.Filter):
+    """watchdog 7.x logs a benign race between its reader thread and stop() at ERROR
+    ("queue_events() called when the thread is inactive"); it is not an error of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_DropStopRace())
+
+
 class InboxWatcher:
     """watchdog's observer on the inbox, supervised: its events only wake the service.
 
@@ -191,6 +202,8 @@ class InboxWatcher:
         self.poll_interval_s = poll_interval_s
         self._observer: Any = None
         self.restarts = 0
+        # False when the observer could not start at all (inotify limits): scans alone.
+        self.enabled = True
 
     def start(self) -> None:
         from watchdog.events import FileClosedEvent, FileSystemEventHandler
@@ -213,6 +226,7 @@ class InboxWatcher:
         except OSError as exc:  # inotify limits reached, for one
             logger.warning("file watcher could not start (%s); relying on periodic scans", exc)
             self._observer = None
+            self.enabled = False
             return
         self._observer = observer
 

@@ -60,7 +60,8 @@ def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "
     if precision != "auto":
         raise ValueError(f"unknown precision {precision!r}")
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        # including_emulation=False: pre-Ampere GPUs "support" bf16 only slowly, emulated.
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     if device.type == "cpu":
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
     return "fp32"

@@ -1,0 +1,258 @@
+"""`stylefold doctor` on real hot folders in tmp_path; a few mocked backends (st_dev,
+disk_usage, the inotify limits) where the real condition cannot be made in a test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import NamedTuple
+
+import pytest
+
+from stylefold import doctor
+from stylefold.config import Config
+from stylefold.doctor import Check, exit_code, format_checks, run_doctor
+from stylefold.folders import HotFolder
+
+
+class DiskUsage(NamedTuple):
+    total: int
+    used: int
+    free: int
+
+
+def _run(root: Path, unit_dir: Path | None = None, **config: object) -> dict[str, Check]:
+    settings = Config.model_validate({"root": root, "device": "cpu", "weights": "random", **config})
+    units = (unit_dir,) if unit_dir is not None else ()
+    return {c.name: c for c in run_doctor(settings, unit_paths=units)}
+
+
+@pytest.fixture
+def hot(tmp_path: Path) -> HotFolder:
+    folder = HotFolder(tmp_path / "hot")
+    folder.ensure()
+    return folder
+
+
+def test_good_hot_folder_passes_the_folder_checks(hot: HotFolder) -> None:
+    checks = _run(hot.root)
+    assert checks["folders"].status == "OK", checks["folders"]
+    assert checks["filesystem"].status == "OK", checks["filesystem"]
+    assert checks["versions"].status == "OK"
+    assert "torch" in checks["versions"].detail
+    # The write probe leaves nothing behind.
+    assert [p.name for p in hot.inbox.iterdir()] == []
+
+
+def test_missing_folder_fails_with_stylefold_init(hot: HotFolder) -> None:
+    hot.done.rmdir()
+    check = _run(hot.root)["folders"]
+    assert check.status == "FAIL"
+    assert "done/" in check.detail
+    assert f"stylefold init {hot.root}" in check.fix
+
+
+def test_missing_root_fails_with_stylefold_init(tmp_path: Path) -> None:
+    checks = _run(tmp_path / "nowhere")
+    assert checks["folders"].status == "FAIL"
+    assert "stylefold init" in checks["folders"].fix
+    assert checks["disk"].status in ("OK", "WARN", "FAIL")  # measured on the nearest parent
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through 0o555: permissions are not enforced")
+def test_read_only_inbox_fails_with_chown(hot: HotFolder) -> None:
+    hot.inbox.chmod(0o555)
+    try:
+        check = _run(hot.root)["folders"]
+    finally:
+        hot.inbox.chmod(0o755)
+    assert check.status == "FAIL"
+    assert "inbox/" in check.detail and "not writable" in check.detail
+    assert "chown" in check.fix
+
+
+def test_folders_on_two_filesystems_fail(hot: HotFolder, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_stat = os.stat
+
+    def stat(path: os.PathLike[str] | str, *args: object, **kwargs: object) -> os.stat_result:
+        result = real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+        if Path(path) == hot.done:  # as if done/ were a mount of another disk
+            fields = list(result)
+            fields[2] = result.st_dev + 1  # index 2 is st_dev
+            return os.stat_result(fields)
+        return result
+
+    monkeypatch.setattr(os, "stat", stat)
+    check = _run(hot.root)["filesystem"]
+    assert check.status == "FAIL"
+    assert "done/" in check.detail
+    assert "one filesystem" in check.fix
+
+
+@pytest.mark.parametrize(("free", "status"), [(100 * 1024**2, "FAIL"), (1024**3, "WARN"), (50 * 1024**3, "OK")])
+def test_free_space_thresholds(hot: HotFolder, monkeypatch: pytest.MonkeyPatch, free: int, status: str) -> None:
+    total = 100 * 1024**3
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: DiskUsage(total, total - free, free))
+    assert _run(hot.root)["disk"].status == status
+
+
+def test_low_inotify_limits_warn_with_the_sysctl(hot: HotFolder, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = tmp_path / "inotify"
+    limits.mkdir()
+    (limits / "max_user_watches").write_text("4096\n")
+    (limits / "max_user_instances").write_text("128\n")
+    monkeypatch.setattr(doctor, "INOTIFY_DIR", limits)
+    monkeypatch.setattr(sys, "platform", "linux")
+    check = _run(hot.root)["inotify"]
+    assert check.status == "WARN"
+    assert "4096" in check.detail
+    assert "fs.inotify.max_user_watches=" in check.fix and "sysctl" in check.fix
+    assert "max_user_instances=" not in check.fix
+
+    (limits / "max_user_watches").write_text("524288\n")
+    assert _run(hot.root)["inotify"].status == "OK"
+    assert _run(hot.root, poll=True)["inotify"].status == "OK"
+
+
+def test_cpu_device_warns(hot: HotFolder) -> None:
+    check = _run(hot.root, device="cpu")["device"]
+    assert check.status == "WARN"
+    assert "no GPU" in check.detail
+    assert "native bf16" in check.detail
+
+
+@pytest.mark.parametrize("version_line", [
+    "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16)",
+    "NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.86.15  Sat Aug 19 01:15:15 UTC 2023",
+], ids=["open", "proprietary"])
+def test_cuda_device_names_gpu_memory_and_driver(
+    hot: HotFolder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version_line: str
+) -> None:
+    """The GPU branch, with torch.cuda mocked: CI has no GPU."""
+    import torch
+
+    version_file = tmp_path / "nvidia-version"
+    version_file.write_text(version_line + "\nGCC version:  gcc version 12.2.0\n")
+    monkeypatch.setattr(doctor, "NVIDIA_VERSION_FILE", version_file)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    props = SimpleNamespace(name="NVIDIA H200", total_memory=141 * 1024**3, major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    check = _run(hot.root, device="cuda:1")["device"]
+    assert check.status == "OK", check
+    assert check.detail.startswith("cuda:1 NVIDIA H200, 141 GiB, compute 9.0, driver 570.86.15")
+    assert "native bf16 yes" in check.detail
+
+
+def test_unavailable_cuda_fails_with_a_fix(hot: HotFolder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check = _run(hot.root, device="cuda:0")["device"]
+    assert check.status == "FAIL"
+    assert "CUDA is not available" in check.detail
+    assert "nvidia-smi" in check.fix and "DeviceAllow" in check.fix
+
+
+def test_random_weights_warn(hot: HotFolder) -> None:
+    check = _run(hot.root, weights="random")["weights"]
+    assert check.status == "WARN"
+    assert "not for production" in check.detail
+
+
+def test_weights_file_that_is_not_a_state_dict_fails(hot: HotFolder, tmp_path: Path) -> None:
+    bogus = tmp_path / "vgg19.pth"
+    bogus.write_bytes(b"this is not a pickle")
+    check = _run(hot.root, weights=str(bogus))["weights"]
+    assert check.status == "FAIL"
+    assert str(bogus) in check.detail
+    assert "state_dict" in check.fix
+
+
+def test_missing_weights_file_fails(hot: HotFolder, tmp_path: Path) -> None:
+    check = _run(hot.root, weights=str(tmp_path / "absent.pth"))["weights"]
+    assert check.status == "FAIL"
+    assert "does not exist" in check.detail
+
+
+def test_weights_file_of_vgg19_passes_with_its_sha256(hot: HotFolder, weights_file: Path) -> None:
+    from stylefold.digest import sha256_file
+
+    check = _run(hot.root, weights=str(weights_file))["weights"]
+    assert check.status == "OK", check
+    assert sha256_file(weights_file) in check.detail
+
+
+def test_imagenet_weights_not_downloaded_warn_with_url_size_and_place(
+    hot: HotFolder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    check = _run(hot.root, weights="imagenet")["weights"]
+    assert check.status == "WARN"
+    assert "vgg19-dcbb9e9d.pth" in check.detail and "548 MB" in check.detail
+    assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in check.fix
+    assert str(tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth") in check.fix
+
+
+def test_imagenet_weights_with_wrong_hash_fail(
+    hot: HotFolder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    cached = tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"a truncated download")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    check = _run(hot.root, weights="imagenet")["weights"]
+    assert check.status == "FAIL"
+    assert "dcbb9e9d" in check.detail
+    assert f"delete {cached}" in check.fix
+
+
+def test_installed_unit_is_found(hot: HotFolder, tmp_path: Path) -> None:
+    units = tmp_path / "units"
+    units.mkdir()
+    assert _run(hot.root, unit_dir=units)["unit"].status == "WARN"
+    assert "systemctl enable --now stylefold" in _run(hot.root, unit_dir=units)["unit"].fix
+    (units / "stylefold@.service").write_text("[Service]\n")
+    check = _run(hot.root, unit_dir=units)["unit"]
+    assert check.status == "OK"
+    assert "stylefold@.service" in check.detail
+
+
+def test_a_check_that_crashes_is_a_fail_not_an_exception(
+    hot: HotFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(path: Path) -> None:
+        raise RuntimeError("statvfs exploded")
+
+    monkeypatch.setattr(shutil, "disk_usage", broken)
+    checks = _run(hot.root)
+    assert checks["disk"].status == "FAIL"
+    assert "statvfs exploded" in checks["disk"].detail
+    assert checks["folders"].status == "OK"  # the others still ran
+    assert len(checks) == 8
+
+
+def test_format_checks_and_exit_code() -> None:
+    checks = [
+        Check("device", "OK", "cuda:0 NVIDIA H200"),
+        Check("weights", "WARN", "random weights", "use --weights imagenet"),
+        Check("folders", "FAIL", "inbox/ missing", "stylefold init ROOT"),
+    ]
+    lines = format_checks(checks).splitlines()
+    assert lines[0].split() == ["OK", "device", "cuda:0", "NVIDIA", "H200"]
+    assert lines[1].startswith("WARN weights ")
+    assert lines[2].strip() == "fix: use --weights imagenet"
+    assert lines[3].startswith("FAIL folders ")
+    assert lines[4].strip() == "fix: stylefold init ROOT"
+    assert len(lines) == 5  # no fix line under OK
+    assert exit_code(checks) == 2
+    assert exit_code(checks[:2]) == 0
+    assert exit_code([]) == 0
