@@ -20,20 +20,24 @@ from .jobs import JobState, Journal
 __all__ = ["CONFIG_TEMPLATE", "init_root", "status_report", "submit_files"]
 
 CONFIG_TEMPLATE = """\
-# stylefold configuration. Every key is optional; the values shown are the defaults.
+# stylefold configuration. Every key is optional; the values shown are the defaults,
+# except where a comment gives the default, as "(default: ...)".
 # Precedence: command line, then STYLEFOLD_* environment variables, then this file.
 # Relative paths are relative to this file's folder.
 
 # root = "."                  # the hot folder (this file's folder when it lives there)
 # device = "auto"             # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
 # weights = "imagenet"        # imagenet (downloaded once, 548 MB), a .pth path, or random
-# default_preset = "book"     # preset for images with no sidecar, preset.json or folder preset
-# presets_dir = "presets"     # your own NAME.json presets (their styles in presets/styles/)
+# threads = 8                 # CPU threads for torch (default: all cores)
+# default_preset = "book"     # for images with no sidecar, preset.json or folder preset (default: none)
+# presets_dir = "presets"     # your own NAME.json presets, their styles in presets/styles/ (default: none)
 # style_dirs = []             # more folders style images may come from
 
 # Caps a preset can never exceed (the job fails with kind too_large):
 # max_steps = 2000
-# max_size = 2048             # shorter side of the result, pixels
+# max_size = 4096             # shorter side of the result, pixels
+# memory_budget_mb = 0        # per optimisation; 0: 70% of GPU memory or 1/4 of RAM.
+#                             # Larger results are made coarse to fine, in tiles.
 # max_input_pixels = 100000000
 
 # Watching:
@@ -74,6 +78,10 @@ def submit_files(images: Sequence[Path], root: Path, preset: str | None = None) 
                 raise FileNotFoundError(f"preset file {as_file} does not exist")
             sidecar = as_file
         else:
+            # A name, not a path: "../x" or "/x" put the images outside the inbox, where
+            # nothing would ever process them (and ".x" is a folder the daemon ignores).
+            if Path(preset).name != preset or preset.startswith(".") or is_ignored(preset):
+                raise ValueError(f"--preset {preset!r}: give a preset name or a preset .json file")
             target_dir = hot.inbox / preset
             target_dir.mkdir(exist_ok=True)
     placed = []

@@ -2,10 +2,13 @@
 
 A claim is a folder ``.stylefold/work/<job id>/`` holding an exclusive ``flock`` on its
 ``lock`` file, a ``job.json`` describing the job, and the original (plus its sidecar),
-moved in with ``os.rename``. The rename is atomic: of two daemons racing for one file,
-one gets it and the other gets ENOENT. The lock is taken *before* the file moves in, and
-the kernel drops it when the process dies (kill -9 included), so a work folder whose
-lock can be taken belongs to nobody: it is an interrupted job, which a daemon resumes.
+moved into its ``original/`` subfolder with ``os.rename``. The subfolder keeps a photo
+named ``rendered.png`` or a sidecar named ``result.json`` apart from the job's own files
+of those names (a photo named like them was overwritten by its own render). The rename
+is atomic: of two daemons racing for one file, one gets it and the other gets ENOENT.
+The lock is taken *before* the file moves in, and the kernel drops it when the process
+dies (kill -9 included), so a work folder whose lock can be taken belongs to nobody: it
+is an interrupted job, which a daemon resumes.
 No torch here.
 """
 
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .folders import HotFolder
+from .folders import HotFolder, move_no_clobber
 from .outputs import write_atomic
 
 __all__ = ["Claim", "claim", "interrupted_claims"]
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 LOCK_FILE = "lock"
+ORIGINALS = "original"
 
 
 @dataclass
@@ -42,13 +46,17 @@ class Claim:
     _lock_fd: int | None = field(default=None, repr=False)
 
     @property
+    def originals(self) -> Path:
+        return self.folder / ORIGINALS
+
+    @property
     def image(self) -> Path:
-        return self.folder / self.meta["name"]
+        return self.originals / self.meta["name"]
 
     @property
     def sidecar(self) -> Path | None:
         name = self.meta.get("sidecar")
-        return self.folder / name if name else None
+        return self.originals / name if name else None
 
     @property
     def checkpoint(self) -> Path:
@@ -70,7 +78,10 @@ class Claim:
 
 
 def _lock(folder: Path) -> int | None:
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # removed by another daemon between listing and locking
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -83,21 +94,26 @@ def claim(hot: HotFolder, image: Path, sidecar: Path | None, meta: dict[str, Any
     """Move ``image`` (and ``sidecar``) from the inbox into a new locked work folder.
     None if the file is gone (another daemon took it, or the user did)."""
     job_id = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
-    folder = hot.work / job_id
-    folder.mkdir(parents=True)
-    fd = _lock(folder)
-    assert fd is not None  # a folder nobody else knows of
-    result = Claim(job_id, folder, {**meta, "name": image.name, "sidecar": None, "claimed_at": time.time()}, fd)
+    # Built under a hidden name and locked before it gets its real name: another
+    # daemon's scan for interrupted claims must never see it unlocked.
+    building = hot.work / f".new-{job_id}"
+    (building / ORIGINALS).mkdir(parents=True)
+    fd = _lock(building)
+    if fd is None:
+        raise RuntimeError(f"could not lock the new claim folder {building}")
+    result = Claim(job_id, building, {**meta, "name": image.name, "sidecar": None, "claimed_at": time.time()}, fd)
     # job.json first: a folder with job.json but no image is a claim that never happened.
     result.save_meta()
+    result.folder = hot.work / job_id
+    os.rename(building, result.folder)
     try:
-        os.rename(image, folder / image.name)
+        os.rename(image, result.image)
     except FileNotFoundError:
         result.finish()
         return None
     if sidecar is not None:
         try:
-            os.rename(sidecar, folder / sidecar.name)
+            os.rename(sidecar, result.originals / sidecar.name)
             result.meta["sidecar"] = sidecar.name
             result.save_meta()
         except FileNotFoundError:
@@ -111,6 +127,9 @@ def interrupted_claims(hot: HotFolder) -> Iterator[Claim]:
     if not hot.work.is_dir():
         return
     for folder in sorted(p for p in hot.work.iterdir() if p.is_dir()):
+        if folder.name.startswith("."):
+            _remove_abandoned_build(folder)
+            continue
         fd = _lock(folder)
         if fd is None:
             continue  # a live process is working on it
@@ -123,16 +142,62 @@ def interrupted_claims(hot: HotFolder) -> Iterator[Claim]:
             _return_strays(hot, folder, meta)
             found.finish()
             continue
+        _fetch_sidecar(hot, found)
         yield found
 
 
+def _remove_abandoned_build(folder: Path) -> None:
+    """A claim folder whose process died before naming it: it never held an original
+    (the image moves in only after the rename), so it can go."""
+    fd = _lock(folder)
+    if fd is None:
+        return
+    try:
+        if not any((folder / ORIGINALS).iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fetch_sidecar(hot: HotFolder, found: Claim) -> None:
+    """Finish a claim interrupted between moving the image and moving its sidecar: the
+    job was paired with a sidecar that is still in the inbox. Without this the resumed
+    job had no preset (failed ``no_preset``) and its sidecar failed later as an orphan."""
+    origin = found.meta.get("origin") or {}
+    if origin.get("kind") != "sidecar" or found.meta.get("sidecar") or not origin.get("file"):
+        return
+    name = Path(origin["file"]).name
+    left_behind = hot.inbox / Path(found.meta.get("source", name)).parent / name
+    try:
+        os.rename(left_behind, found.originals / name)
+    except FileNotFoundError:
+        return  # taken away meanwhile: the job fails no_preset, saying so
+    found.meta["sidecar"] = name
+    found.save_meta()
+    logger.info("moved %s into the interrupted claim of %s", left_behind, found.meta.get("source"))
+
+
 def _return_strays(hot: HotFolder, folder: Path, meta: dict[str, Any] | None) -> None:
-    """Put back any original in a broken claim folder, so nothing is ever lost."""
+    """Put back any original in a broken claim folder, so nothing is ever lost: only
+    what is in ``original/`` (the job's own rendered.png, result.json... were handed to
+    the inbox as photos and sidecars before), and under a free name (a name taken in the
+    inbox meanwhile left the original to be deleted with the folder)."""
     source_dir = hot.inbox / Path(meta["source"]).parent if meta and meta.get("source") else hot.inbox
-    for path in folder.iterdir():
-        if path.name in (JOB_FILE, LOCK_FILE) or path.name.startswith("."):
+    originals = folder / ORIGINALS
+    if not originals.is_dir():
+        return
+    # The image already went to done/ or failed/ (a crash while moving originals out):
+    # what is left (its sidecar) follows it there, under the image's new stem.
+    final = (meta or {}).get("final")
+    for path in originals.iterdir():
+        if not path.is_file():
             continue
-        if path.is_file() and not (source_dir / path.name).exists():
-            source_dir.mkdir(parents=True, exist_ok=True)
-            os.rename(path, source_dir / path.name)
-            logger.warning("returned %s from an incomplete claim to %s", path.name, source_dir)
+        if final:
+            dest = hot.root / final["dest"]
+            moved = move_no_clobber(path, dest, f"{Path(final['image']).stem}{path.suffix}")
+            logger.warning("moved %s of a finished claim to %s", path.name, moved)
+        else:
+            returned = move_no_clobber(path, source_dir)
+            logger.warning("returned %s from an incomplete claim to %s", path.name, returned)

@@ -118,7 +118,7 @@ class Journal:
                 db.execute(
                     "INSERT INTO jobs (id, name, source, sha256, preset_key, state, attempts, created, updated)"
                     " VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
-                    (job_id, name, source, sha256, preset_key, JobState.RUNNING.value, now, now),
+                    (job_id, _text(name), _text(source), sha256, preset_key, JobState.RUNNING.value, now, now),
                 )
                 return 1
             attempts = int(row["attempts"]) + 1
@@ -133,7 +133,7 @@ class Journal:
                 "UPDATE jobs SET state = ?, output = COALESCE(?, output), error_kind = ?, error = ?,"
                 " updated = ?, progress = CASE WHEN ? IN ('done', 'failed') THEN NULL ELSE progress END"
                 " WHERE id = ?",
-                (state.value, output, error_kind, error, time.time(), state.value, job_id),
+                (state.value, _text(output), error_kind, _text(error), time.time(), state.value, job_id),
             )
 
     def undo_attempt(self, job_id: str) -> None:
@@ -169,6 +169,14 @@ class Journal:
     def counts(self) -> dict[str, int]:
         rows = self._conn().execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         return {r["state"]: int(r["n"]) for r in rows}
+
+
+def _text(value: str | None) -> str | None:
+    """Text as SQLite can store it. Linux file names are bytes; one that is not UTF-8
+    (an SMB client with another charset, an old zip) reaches Python with surrogate
+    escapes, which SQLite refuses with UnicodeEncodeError, and that crashed the daemon
+    on every restart. The journal records names for people, so such bytes become '?'."""
+    return None if value is None else value.encode("utf-8", "replace").decode("utf-8")
 
 
 def _record(row: sqlite3.Row) -> JobRecord:

@@ -166,8 +166,7 @@ def validation_message(source: str, exc: ValidationError) -> str:
         # Drop pydantic's union-branch labels ("list[...]", "constrained-str", ...).
         key = ".".join(str(p) for p in err["loc"] if isinstance(p, int) or _is_field_part(str(p))) or "(preset)"
         if err["type"] == "extra_forbidden":
-            allowed = ", ".join(k for k in Preset.model_fields)
-            problems.setdefault(key, f"{source}: unknown key {key!r} (known keys: {allowed})")
+            problems.setdefault(key, f"{source}: unknown key {key[:60]!r}")
             continue
         got = err.get("input")
         shown = json.dumps(got)[:60] if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
@@ -176,7 +175,11 @@ def validation_message(source: str, exc: ValidationError) -> str:
     # type complaint about the parent ("style: not a string") is noise.
     keys = list(problems)
     kept = [k for k in keys if not any(o != k and o.startswith(k + ".") for o in keys)]
-    return "; ".join(problems[k] for k in kept)
+    message = "; ".join(problems[k] for k in kept)
+    if any(e["type"] == "extra_forbidden" for e in exc.errors()):
+        # The list of known keys once, however many unknown keys a file has.
+        message += f" (known keys: {', '.join(Preset.model_fields)})"
+    return message
 
 
 def _is_field_part(part: str) -> bool:
@@ -309,17 +312,21 @@ class PresetLibrary:
                 f"style {name!r}: must be a file name or a relative path inside a styles folder "
                 f"({', '.join(str(d) for d in self.style_dirs)})"
             )
+        shown = name if len(name) <= 120 else name[:117] + "..."
         for folder in self.style_dirs:
             candidate = folder / relative
-            if not candidate.is_file():
-                continue
+            try:
+                if not candidate.is_file():
+                    continue
+            except OSError as exc:  # ENAMETOOLONG and friends: the name cannot exist
+                raise StyleNotFound(f"style {shown!r}: not a usable file name ({exc.strerror})") from None
             resolved = candidate.resolve()
             if _inside(resolved, folder.resolve()):
                 return resolved
             logger.warning("style %s resolves to %s, outside %s: refused", name, resolved, folder)
-            raise StyleNotFound(f"style {name!r}: resolves outside the allowed style folders")
+            raise StyleNotFound(f"style {shown!r}: resolves outside the allowed style folders")
         raise StyleNotFound(
-            f"style {name!r} not found in {', '.join(str(d) for d in self.style_dirs)}"
+            f"style {shown!r} not found in {', '.join(str(d) for d in self.style_dirs)}"
         )
 
 

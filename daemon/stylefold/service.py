@@ -145,7 +145,14 @@ class Service:
         self.inbox.forget(candidate.path)
         if candidate.sidecar is not None:
             self.inbox.forget(candidate.sidecar)
-        taken = claim(self.hot, candidate.path, candidate.sidecar, {"source": candidate.source, "origin": origin})
+        try:
+            taken = claim(self.hot, candidate.path, candidate.sidecar, {"source": candidate.source, "origin": origin})
+        except OSError as exc:
+            # EXDEV: the inbox is another filesystem (a mounted share) and cannot be
+            # claimed by rename. The file stays where it is; `stylefold doctor` says why.
+            logger.error("cannot claim %s: %s (inbox and .stylefold/ must be on one filesystem)",
+                         candidate.source, exc)
+            return None
         if taken is None:
             logger.info("%s was taken by another process (or removed)", candidate.source)
         return taken

@@ -2,11 +2,14 @@
 
 Filesystem events get lost (queue overflow, network shares, a watcher thread that
 died), so they are only a reason to look sooner: the truth is a scan of the inbox. A
-file is ready once its size and mtime have not changed for ``settle_s`` (a
-close-after-write event shortens that wait). Pairing follows SPEC §3: sidecar
-``NAME.json``, then ``preset.json`` in the same folder, then the preset named by the
-subfolder, then the config's ``default_preset``; with none, the image waits
-``pair_timeout_s`` and then fails ``no_preset``. No torch here.
+file is ready once its size and mtime have not changed for ``settle_s``. A
+close-after-write event does not shorten that wait: a writer that appends and closes
+again (a shell loop with ``>>``, a resumed transfer) closes the file many times before
+it is complete, and SPEC §3 asks for "closed *and* unchanged for settle_s".
+
+Pairing follows SPEC §3: sidecar ``NAME.json``, then ``preset.json`` in the same
+folder, then the preset named by the subfolder, then the config's ``default_preset``;
+with none, the image waits ``pair_timeout_s`` and then fails ``no_preset``. No torch here.
 """
 
 from __future__ import annotations
@@ -25,9 +28,6 @@ from .folders import PRESET_FILE, HotFolder, is_ignored, is_image
 __all__ = ["Candidate", "Inbox", "InboxWatcher"]
 
 logger = logging.getLogger(__name__)
-
-MAX_DEPTH = 4  # inbox/SUB/shoot/day/x.jpg at most; deeper files are still found by SUB
-CLOSED_SETTLE_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,6 @@ class _Seen:
     size: int
     mtime_ns: int
     changed: float  # monotonic time of the last observed change
-    closed: bool = False
     ready_since: float | None = None  # when it settled (for pair_timeout_s)
 
 
@@ -65,13 +64,8 @@ class Inbox:
     has_preset: Callable[[str], bool]
     default_preset: str | None = None
     _seen: dict[Path, _Seen] = field(default_factory=dict)
-    _closed_hints: set[Path] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def hint_closed(self, path: Path) -> None:
-        """A close-after-write event (inotify IN_CLOSE_WRITE): safe to shorten the wait."""
-        with self._lock:
-            self._closed_hints.add(path)
+    _sidecars: dict[tuple[Path, str], Path] = field(default_factory=dict)
+    _images: set[tuple[Path, str]] = field(default_factory=set)
 
     def scan(self, now: float) -> None:
         present: set[Path] = set()
@@ -82,10 +76,6 @@ class Inbox:
                 self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now)
         for gone in set(self._seen) - present:
             del self._seen[gone]
-        with self._lock:
-            for path in self._closed_hints & present:
-                self._seen[path].closed = True
-            self._closed_hints.clear()
 
     def waiting(self) -> int:
         """Files in the inbox still to be handed out (folder preset.json files stay)."""
@@ -98,15 +88,19 @@ class Inbox:
         """Seconds until some file may become ready or time out (None: nothing waiting)."""
         waits = []
         for seen in self._seen.values():
-            settle = CLOSED_SETTLE_S if seen.closed else self.settle_s
-            if now - seen.changed < settle:
-                waits.append(seen.changed + settle - now)
+            if now - seen.changed < self.settle_s:
+                waits.append(seen.changed + self.settle_s - now)
             elif seen.ready_since is not None:
                 waits.append(max(0.0, seen.ready_since + self.pair_timeout_s - now))
         return min(waits) if waits else None
 
     def ready(self, now: float) -> Iterator[Candidate]:
         """Settled files with their preset origin, oldest first."""
+        # Indexes by (folder, stem), built once per call: pairing stays linear in the
+        # number of files even when thousands arrive at once.
+        self._sidecars = {(p.parent, p.stem): p for p in self._seen
+                          if p.suffix.lower() == ".json" and p.name.lower() != PRESET_FILE}
+        self._images = {(p.parent, p.stem) for p in self._seen if is_image(p.name)}
         for path, seen in sorted(self._seen.items(), key=lambda kv: kv[1].changed):
             if not self._settled(seen, now):
                 continue
@@ -117,20 +111,20 @@ class Inbox:
                 yield candidate
 
     def _settled(self, seen: _Seen, now: float) -> bool:
-        return now - seen.changed >= (CLOSED_SETTLE_S if seen.closed else self.settle_s)
+        return now - seen.changed >= self.settle_s
 
     def _pair(self, path: Path, seen: _Seen, now: float) -> Candidate | None:
         source = self.hot.relative(path)
         timed_out = now - (seen.ready_since or now) >= self.pair_timeout_s
         name = path.name
         if name.lower().endswith(".json"):
-            if name == PRESET_FILE or self._image_for(path) is not None or not timed_out:
+            if name.lower() == PRESET_FILE or self._has_image(path) or not timed_out:
                 return None  # a folder preset, a sidecar waiting for its image's turn
             return Candidate(path, None, {"kind": "orphan_sidecar"}, source)
         if not is_image(name):
             return Candidate(path, None, {"kind": "unsupported"}, source)
-        sidecar = path.with_suffix(".json")
-        if sidecar in self._seen:
+        sidecar = self._sidecar_for(path)
+        if sidecar is not None:
             if not self._settled(self._seen[sidecar], now):
                 return None  # wait for the sidecar to be complete
             return Candidate(path, sidecar, {"kind": "sidecar", "file": sidecar.name}, source)
@@ -148,33 +142,41 @@ class Inbox:
             return Candidate(path, None, {"kind": "none"}, source)
         return None
 
-    def _image_for(self, sidecar: Path) -> Path | None:
-        stem = sidecar.stem
-        for other in self._seen:
-            if other.parent == sidecar.parent and other.stem == stem and is_image(other.name):
-                return other
-        return None
+    def _sidecar_for(self, image: Path) -> Path | None:
+        """``NAME.json`` in any case (cameras and Windows tools write IMG_1.JPG +
+        IMG_1.JSON); ``preset.json`` is the folder's preset, never a sidecar (of a
+        ``preset.jpg``)."""
+        return self._sidecars.get((image.parent, image.stem))
+
+    def _has_image(self, sidecar: Path) -> bool:
+        return (sidecar.parent, sidecar.stem) in self._images
 
 
-def _walk(folder: Path, depth: int = 0) -> Iterator[tuple[Path, os.stat_result]]:
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        logger.warning("cannot list %s: %s", folder, exc)
-        return
-    for entry in entries:
-        if is_ignored(entry.name):
-            continue
+def _walk(inbox: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every regular file under ``inbox``, at any depth: promise 1 covers an editor's
+    inbox/book/2024/06/15/shoot/x.jpg too, so there is no depth cap (a capped walk left
+    deeper files in the inbox forever, unlogged). A stack, not recursion, so no tree is
+    too deep for Python; symlinked folders are not followed, so there are no cycles."""
+    stack = [inbox]
+    while stack:
+        folder = stack.pop()
         try:
-            if entry.is_dir(follow_symlinks=False):
-                if depth < MAX_DEPTH:
-                    yield from _walk(Path(entry.path), depth + 1)
-            elif entry.is_file(follow_symlinks=False):
-                yield Path(entry.path), entry.stat(follow_symlinks=False)
+            entries = list(os.scandir(folder))
         except FileNotFoundError:
-            continue  # moved away between listing and stat
+            continue
+        except OSError as exc:
+            logger.warning("cannot list %s: %s", folder, exc)
+            continue
+        for entry in entries:
+            if is_ignored(entry.name):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    yield Path(entry.path), entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # moved away between listing and stat
 
 
 class _DropStopRace(logging.Filter):
@@ -206,16 +208,14 @@ class InboxWatcher:
         self.enabled = True
 
     def start(self) -> None:
-        from watchdog.events import FileClosedEvent, FileSystemEventHandler
+        from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
         from watchdog.observers.polling import PollingObserver
 
-        inbox, wake = self.inbox, self.wake
+        wake = self.wake
 
         class _Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
-                if isinstance(event, FileClosedEvent):
-                    inbox.hint_closed(Path(os.fsdecode(event.src_path)))
                 wake.set()
 
         observer = PollingObserver(timeout=self.poll_interval_s) if self.poll else Observer()

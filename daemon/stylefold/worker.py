@@ -8,6 +8,7 @@ is failed as poison after ``MAX_ATTEMPTS`` instead of crashing the daemon foreve
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from .folders import HotFolder, move_no_clobber, write_error_file
 from .jobs import JobState, Journal
 from .outputs import OutputPaths
 from .pipeline import Checkpoint, JobFailure, Rendered, Stylist
-from .presets import Preset, PresetError, PresetLibrary
+from .presets import Preset, PresetError, PresetLibrary, read_preset_json
 
 __all__ = ["FatalDeviceError", "Outcome", "Worker"]
 
@@ -68,7 +69,12 @@ class Worker:
 
     def run(self, claim: Claim, should_stop: Callable[[], bool]) -> Outcome:
         started = time.perf_counter()
-        sha = sha256_file(claim.image)
+        try:
+            sha = sha256_file(claim.image)
+        except OSError as exc:  # unreadable (permissions): fail it, never crash-loop on it
+            self._start(claim, "", "")
+            return self._fail(claim, "unreadable_image", f"{claim.meta['name']} cannot be read ({exc.strerror})",
+                              started)
         preset: Preset | None = None
         try:
             preset = self._preset(claim)
@@ -77,6 +83,18 @@ class Worker:
         except (PresetError, JobFailure) as exc:
             self._start(claim, sha, "")
             return self._fail(claim, getattr(exc, "kind", "invalid_preset"), str(exc), started)
+        except OSError as exc:
+            # The OS refusing a style path (a 300-character name is ENAMETOOLONG, an
+            # unreadable style file EACCES) escaped here and stopped the daemon before the
+            # attempt was counted, so the resumed claim stopped it again on every restart.
+            self._start(claim, sha, "")
+            style = Path(exc.filename).name[:80] if isinstance(exc.filename, str) else "the style"
+            return self._fail(claim, "style_not_found", f"{style}: cannot be opened ({exc.strerror or exc})",
+                              started)
+        except Exception as exc:  # one bad preset never stops the daemon
+            logger.exception("%s: preparing the job failed", claim.meta["source"])
+            self._start(claim, sha, "")
+            return self._fail(claim, "internal", f"internal error: {exc}", started)
         attempt = self._start(claim, sha, key)
         if attempt > MAX_ATTEMPTS:
             return self._fail(claim, "internal", f"this file stopped the daemon {attempt - 1} times and was set aside",
@@ -106,6 +124,12 @@ class Worker:
                 raise FatalDeviceError(str(exc)) from exc
             logger.exception("%s failed", claim.meta["source"])
             return self._fail(claim, "internal", f"internal error: {exc}", started)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                return self._fail(claim, "disk_full", "the disk holding the hot folder is full; free space and "
+                                  "drop the photo in again", started)
+            logger.exception("%s failed", claim.meta["source"])
+            return self._fail(claim, "internal", f"internal error: {exc}", started)
         except Exception as exc:  # one bad job never stops the daemon
             logger.exception("%s failed", claim.meta["source"])
             return self._fail(claim, "internal", f"internal error: {exc}", started)
@@ -125,7 +149,7 @@ class Worker:
         origin = claim.meta["origin"]
         kind = origin["kind"]
         if kind == "sidecar" and claim.sidecar is not None:
-            return self.library.load_file(claim.sidecar)
+            return self._sidecar_preset(claim, claim.sidecar)
         if kind == "folder":
             if "error" in origin:
                 raise PresetError(origin["error"])
@@ -139,6 +163,18 @@ class Worker:
             raise JobFailure("no_image", f"{claim.meta['name']} is a preset sidecar whose image never arrived")
         raise JobFailure("no_preset", f"no preset for {claim.meta['source']}: no sidecar, no preset.json, "
                          "no preset named after its folder and no default_preset")
+
+    def _sidecar_preset(self, claim: Claim, sidecar: Path) -> Preset:
+        """Not ``library.load_file``: that treats the file's stem as a preset name in the
+        ``extends`` chain, so ``portrait.json`` beside ``portrait.jpg`` extending the
+        ``portrait`` preset failed as a loop. Errors name the sidecar as the user dropped
+        it (``inbox/...``), not its path inside the claim folder."""
+        label = f"inbox/{Path(claim.meta['source']).with_name(sidecar.name)}"
+        try:
+            data = read_preset_json(sidecar)
+        except PresetError as exc:
+            raise PresetError(str(exc).replace(str(sidecar), label)) from None
+        return self.library.from_data(data, label)
 
     def _render(self, claim: Claim, preset: Preset, styles: list[tuple[Path, float]],
                 should_stop: Callable[[], bool]) -> Rendered | None:
@@ -185,19 +221,29 @@ class Worker:
     def _move_originals(self, claim: Claim, dest: Path) -> Path:
         moved = move_no_clobber(claim.image, dest, companions=(".json", ".error.json"))
         if claim.sidecar is not None and claim.sidecar.exists():
+            # Recorded before the sidecar moves: after a crash here, recovery sends the
+            # sidecar after its image instead of back to the inbox as an orphan.
+            claim.meta["final"] = {"dest": dest.name, "image": moved.name}
+            claim.save_meta()
             move_no_clobber(claim.sidecar, dest, f"{moved.stem}.json")
         return moved
 
     def _fail(self, claim: Claim, kind: str, message: str, started: float) -> Outcome:
         moved = self._move_originals(claim, self.hot.failed)
-        write_error_file(self.hot.failed, moved.name, kind, message, {
-            "source": claim.meta.get("source"), "job_id": claim.job_id, "preset": _origin_text(claim.meta["origin"]),
-            "seconds": round(time.perf_counter() - started, 3),
-        })
+        try:
+            self._write_error(claim, moved, kind, message, started)
+        except OSError as exc:  # a full disk must not turn one failure into a crash loop
+            logger.error("could not write %s.error.json: %s", moved.stem, exc)
         self.journal.set_state(claim.job_id, JobState.FAILED, error_kind=kind, error=message)
         claim.finish()
         logger.error("failed %s (%s): %s", claim.meta.get("source"), kind, message)
         return Outcome.FAILED
+
+    def _write_error(self, claim: Claim, moved: Path, kind: str, message: str, started: float) -> None:
+        write_error_file(self.hot.failed, moved.name, kind, message, {
+            "source": claim.meta.get("source"), "job_id": claim.job_id, "preset": _origin_text(claim.meta["origin"]),
+            "seconds": round(time.perf_counter() - started, 3),
+        })
 
 
 def _preset_key(preset: Preset, styles: list[tuple[Path, float]]) -> str:
