@@ -341,7 +341,7 @@ def test_one_corrupt_image_does_not_stop_the_others(tmp_path: Path, photo: Path)
     ("book", ("steps",), 2, "--set 'steps': expected KEY=VALUE"),
     ("book", ("style=../secret.png",), 2, "secret.png"),
     ("book", ("steps=3000",), 1, "too_large"),  # above the default config cap of 2000
-    ("book", ("size=4096",), 1, "too_large"),  # above the default cap of 2048
+    ("book", ("size=5000",), 1, "too_large"),  # above the default cap of 4096
 ], ids=["unknown-preset", "missing-preset-file", "steps-range", "unknown-key", "set-syntax",
         "missing-style", "steps-cap", "size-cap"])
 def test_bad_run_exit_codes(tmp_path: Path, photo: Path, capsys: pytest.CaptureFixture[str], preset: str,

@@ -186,16 +186,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         _error(f"no such image: {', '.join(missing)}")
         return EXIT_USAGE
 
-    from .engine import WeightsError, build_extractor, resolve_device, tune_cpu_allocator
+    from .engine import WeightsError, build_extractor, resolve_device
     from .pipeline import JobFailure, Limits, Stylist
     from .progress import step_reporter
 
-    limits = Limits(config.max_steps, config.max_size, config.max_input_pixels)
+    limits = _limits(config)
     try:
         limits.check(preset)
         device = resolve_device(config.device)
-        if device.type == "cpu":
-            tune_cpu_allocator()
+        _tune_cpu(device, config)
         extractor = build_extractor(config.weights, device)
     except JobFailure as exc:
         _error(f"{exc.kind}: {exc.message}")
@@ -222,6 +221,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_JOB_FAILED if failed else EXIT_OK
 
 
+def _limits(config: Config) -> Any:
+    from .pipeline import Limits
+
+    return Limits(config.max_steps, config.max_size, config.max_input_pixels, config.memory_budget_mb)
+
+
+def _tune_cpu(device: Any, config: Config) -> None:
+    import torch
+
+    from .engine import tune_cpu_allocator
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -244,7 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
 
-    from .engine import WeightsError, build_extractor, resolve_device, tune_cpu_allocator
+    from .engine import WeightsError, build_extractor, resolve_device
     from .pipeline import Limits, Stylist
     from .progress import ServeConsole
     from .sdnotify import Notifier
@@ -253,14 +269,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         device = resolve_device(config.device)
-        if device.type == "cpu":
-            tune_cpu_allocator()
+        _tune_cpu(device, config)
         logger.info("loading VGG19 (%s) on %s", config.weights, device)
         extractor = build_extractor(config.weights, device)
     except (ValueError, WeightsError) as exc:
         _error(str(exc))
         return EXIT_USAGE
-    stylist = Stylist(extractor, Limits(config.max_steps, config.max_size, config.max_input_pixels))
+    stylist = Stylist(extractor, _limits(config))
     with ServeConsole(config.log_every_s) as view:
         service = Service(config, stylist, view=view, notifier=Notifier.from_env())
         service_ref.append(service)

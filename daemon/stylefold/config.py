@@ -35,13 +35,18 @@ class Config(BaseModel):
     root: Path = Path("hotfolders")
     device: str = "auto"
     weights: str = "imagenet"
+    # CPU threads for torch (None: all cores). Two CPU daemons on one box: half each.
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     default_preset: Annotated[str, Field(max_length=64)] | None = None
     presets_dir: Path | None = None
     style_dirs: list[Path] = []
     # Caps a preset from the hot folder can never exceed (kind too_large).
     max_steps: Annotated[int, Field(ge=1, le=100_000)] = 2000
-    max_size: Annotated[int, Field(ge=16, le=16384)] = 2048
+    max_size: Annotated[int, Field(ge=16, le=16384)] = 4096
     max_input_pixels: Annotated[int, Field(ge=1, le=1_000_000_000)] = 100_000_000
+    # Activation memory one optimisation may use; larger results are optimised coarse
+    # to fine, in tiles where needed. 0: 70% of the GPU's memory, or a quarter of RAM.
+    memory_budget_mb: Annotated[int, Field(ge=0, le=10_000_000)] = 0
     # Watching (used by `serve`).
     settle_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
     pair_timeout_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0

@@ -37,6 +37,8 @@ from .engine import (
     stylize,
 )
 from .engine import color
+from .engine.pyramid import bytes_per_pixel, plan_pyramid, stylize_pyramid
+from .engine.runtime import memory_budget_bytes
 from .presets import Preset
 from .vgg_layers import min_side
 
@@ -61,8 +63,9 @@ class Limits:
     """Caps a preset cannot exceed (SPEC §4: a preset above a cap fails ``too_large``)."""
 
     max_steps: int = 2000
-    max_size: int = 2048
+    max_size: int = 4096
     max_input_pixels: int = 100_000_000
+    memory_budget_mb: int = 0  # 0: automatic (see engine.runtime.memory_budget_bytes)
 
     def check(self, preset: Preset) -> None:
         if preset.steps > self.max_steps:
@@ -234,14 +237,31 @@ class Stylist:
                 on_checkpoint(Checkpoint(engine_state, list(rows), list(snapshots)))
 
         params = _engine_params(preset, precision)
+        layers = [n for n, _ in preset.style_layer_weights() + preset.content_layer_weights()]
+        budget = memory_budget_bytes(self.device, self.limits.memory_budget_mb)
+        plan = plan_pyramid(content.shape[-2], content.shape[-1], preset.steps,
+                            max(1, int(budget / bytes_per_pixel(layers, precision))), layers=layers)
         t_engine = time.perf_counter()
         try:
-            result = stylize(
-                self.extractor, target_content, target_styles, params,
-                on_step=step, on_snapshot=keep_snapshot if preset.snapshot_every else None,
-                should_stop=should_stop, style_cache=self.style_cache,
-                resume=resume.state if resume else None, on_state=state, state_every=checkpoint_every,
-            )
+            if len(plan) == 1 and len(plan[0].tiles) == 1:
+                result = stylize(
+                    self.extractor, target_content, target_styles, params,
+                    on_step=step, on_snapshot=keep_snapshot if preset.snapshot_every else None,
+                    should_stop=should_stop, style_cache=self.style_cache,
+                    resume=resume.state if resume else None, on_state=state, state_every=checkpoint_every,
+                )
+            else:
+                logger.info("%s: %dx%d exceeds one optimisation's memory budget (%.1f GB): %s",
+                            image_path.name, content.shape[-1], content.shape[-2], budget / 2**30,
+                            ", ".join(f"{s.width}x{s.height}/{s.steps} steps/{len(s.tiles)} tiles" for s in plan))
+                # No mid-pyramid checkpoints: an interrupted multi-scale job starts over.
+                rows.clear()
+                snapshots.clear()
+                result = stylize_pyramid(
+                    self.extractor, target_content, target_styles, params, plan,
+                    style_scale=preset.style_scale, on_step=step, should_stop=should_stop,
+                    style_cache=self.style_cache, on_snapshot=keep_snapshot,
+                )
         except EngineError as exc:
             raise JobFailure("internal", str(exc)) from exc
         except torch.OutOfMemoryError as exc:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 from typing import Literal
 
 import torch
 
-__all__ = ["resolve_device", "resolve_precision", "tune_cpu_allocator"]
+__all__ = ["memory_budget_bytes", "resolve_device", "resolve_precision", "tune_cpu_allocator"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,3 +91,18 @@ def tune_cpu_allocator() -> bool:
         logger.debug("mallopt refused the allocator thresholds")
     _tuned = ok
     return ok
+
+
+def memory_budget_bytes(device: torch.device, budget_mb: int = 0) -> int:
+    """Bytes one optimisation may use for activations. ``budget_mb`` > 0 is taken as
+    given; 0 means: 70% of a GPU's memory, or a quarter of the machine's RAM on a CPU
+    (the rest is the model, the process and everything else on the box)."""
+    if budget_mb > 0:
+        return budget_mb * 2**20
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.7)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 2**30
+    return total // 4

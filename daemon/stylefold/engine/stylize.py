@@ -146,6 +146,7 @@ def stylize(
     resume: EngineState | None = None,
     on_state: Callable[[EngineState], None] | None = None,
     state_every: int = 0,
+    init_image: torch.Tensor | None = None,
 ) -> StyleResult:
     """Optimise an image whose content matches ``content`` and whose Gram matrices
     match the weighted blend of ``styles``' (weights are normalised to sum 1).
@@ -154,6 +155,7 @@ def stylize(
     another size than the content (Gram matrices do not depend on it).
     ``on_state`` receives an ``EngineState`` every ``state_every`` steps (checkpoints);
     ``resume`` continues from one, bit for bit as if never interrupted.
+    ``init_image`` replaces ``params.init`` (coarse-to-fine: the previous scale's result).
     """
     if not styles:
         raise EngineError("at least one style image is needed")
@@ -177,7 +179,10 @@ def stylize(
         content_targets = {name: act.float() for name, act in features(content).items() if name in content_weights}
         style_targets = _blended_style_targets(extractor, styles, params, device, style_cache, features)
 
-    image = _initial_image(content, styles, params, resume)
+    if init_image is not None and resume is None:
+        image = init_image.to(device, torch.float32).clone()
+    else:
+        image = _initial_image(content, styles, params, resume)
     image.requires_grad_(True)
     optimizer = _make_optimizer(image, params)
     if resume is not None:
