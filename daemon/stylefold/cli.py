@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     pval = psub.add_parser("validate", help="check preset JSON files (keys, ranges, style found)")
     pval.add_argument("files", nargs="+", type=Path, metavar="FILE")
     psub.add_parser("schema", help="the preset JSON schema")
+    psheet = psub.add_parser("sheet", help="render one photo through every preset, side by side")
+    psheet.add_argument("image", type=Path)
+    psheet.add_argument("--out", type=Path, default=None, help="sheet file (default: NAME-presets.jpg here)")
+    psheet.add_argument("--size", type=int, default=256, help="working size of each preview (default 256)")
+    psheet.add_argument("--steps", type=int, default=None, help="steps per preset (default: each preset's own)")
+    psheet.add_argument("--only", default=None, help="comma-separated preset names (default: all)")
+    _add_engine_options(psheet)
+    psheet.add_argument("--root", type=Path, default=None, help="hot-folder root (for its styles/)")
     for p in (plist, pshow, pval):
         p.add_argument("--root", type=Path, default=None, help="hot-folder root (for its styles/)")
         p.add_argument("--config", type=Path, default=None)
@@ -346,7 +354,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
     if args.presets_command == "schema":
         print(json.dumps(Preset.model_json_schema(), indent=2))
         return EXIT_OK
-    config = load_config(args.config, {"root": args.root})
+    config = load_config(args.config, {"root": args.root, "device": getattr(args, "device", None),
+                                       "weights": getattr(args, "weights", None)})
     library = _library(config)
     if args.presets_command == "list":
         broken = 0
@@ -360,6 +369,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
             style = ", ".join(r.path for r in preset.style_refs())
             print(f"{name:<16} size {preset.size:<5} steps {preset.steps:<5} style {style}  {preset.description}")
         return EXIT_USAGE if broken else EXIT_OK
+    if args.presets_command == "sheet":
+        return _presets_sheet(args, config, library)
     if args.presets_command == "show":
         preset = library.load(args.name)
         print(json.dumps(preset.effective(), indent=2))
@@ -376,6 +387,38 @@ def cmd_presets(args: argparse.Namespace) -> int:
         else:
             print(f"OK {path}")
     return EXIT_USAGE if bad else EXIT_OK
+
+
+def _presets_sheet(args: argparse.Namespace, config: Config, library: PresetLibrary) -> int:
+    if not args.image.is_file():
+        _error(f"no such image: {args.image}")
+        return EXIT_USAGE
+    if not 16 <= args.size <= config.max_size:
+        _error(f"--size must be within 16 to {config.max_size}")
+        return EXIT_USAGE
+    from .engine import WeightsError, build_extractor, resolve_device
+    from .imageio import ImageError, save_image_atomic
+    from .pipeline import Stylist
+    from .sheet import preset_sheet
+
+    try:
+        device = resolve_device(config.device)
+        _tune_cpu(device, config)
+        stylist = Stylist(build_extractor(config.weights, device), _limits(config))
+    except (ValueError, WeightsError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    names = [n for n in args.only.split(",") if n] if args.only else None
+    try:
+        sheet = preset_sheet(stylist, library, args.image, names=names, size=args.size, steps=args.steps,
+                             on_preset=lambda name, steps: logger.info("preset %s (%d steps)", name, steps))
+    except ImageError as exc:
+        _error(str(exc))
+        return EXIT_JOB_FAILED
+    out = args.out or Path(f"{args.image.stem}-presets.jpg")
+    save_image_atomic(sheet, out, quality=92)
+    print(out)
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -265,6 +265,8 @@ class Stylist:
         except EngineError as exc:
             raise JobFailure("internal", str(exc)) from exc
         except torch.OutOfMemoryError as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # give the next job the memory this one held
             raise JobFailure(
                 "out_of_memory", f"out of memory on {self.device} at size {preset.size}; lower the preset's size"
             ) from exc

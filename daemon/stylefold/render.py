@@ -10,7 +10,7 @@ from itertools import groupby
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-__all__ = ["SERIES_COLOURS", "loss_plot", "progress_sheet"]
+__all__ = ["SERIES_COLOURS", "contact_sheet", "loss_plot", "progress_sheet"]
 
 logger = logging.getLogger(__name__)
 
@@ -222,10 +222,24 @@ def progress_sheet(
     """
     if not snapshots:
         raise ValueError("progress_sheet needs at least one snapshot")
+    return contact_sheet([(f"step {step}", image) for step, image in snapshots],
+                         columns=columns, cell=cell, title=title)
+
+
+def contact_sheet(
+    items: Sequence[tuple[str, Image.Image]],
+    *,
+    columns: int = 4,
+    cell: int = 256,
+    title: str = "",
+) -> Image.Image:
+    """Images side by side, each fitted into a cell x cell box above its caption."""
+    if not items:
+        raise ValueError("a contact sheet needs at least one image")
     if columns < 1 or cell < 16:
         raise ValueError(f"columns must be >= 1 and cell >= 16, got {columns} and {cell}")
-    cols = min(columns, len(snapshots))
-    rows = math.ceil(len(snapshots) / cols)
+    cols = min(columns, len(items))
+    rows = math.ceil(len(items) / cols)
     pad = max(6, cell // 24)
     font = _font(max(12, cell // 18))
     title_font = _font(max(12, cell // 12))
@@ -239,11 +253,11 @@ def progress_sheet(
     if title:
         draw.text((sheet.width / 2, pad), title, fill=_INK, font=title_font, anchor="mt")
 
-    for index, (step, snapshot) in enumerate(snapshots):
+    for index, (caption, snapshot) in enumerate(items):
         x0 = pad + (index % cols) * pitch_x
         y0 = title_h + pad + (index // cols) * pitch_y
         fitted = ImageOps.contain(snapshot.convert("RGB"), (cell, cell), Image.Resampling.LANCZOS)
         sheet.paste(fitted, (x0 + (cell - fitted.width) // 2, y0 + (cell - fitted.height) // 2))
         xy = (x0 + cell / 2, y0 + cell + pad // 2)
-        draw.text(xy, f"step {step}", fill=_INK, font=font, anchor="mt")
+        draw.text(xy, caption, fill=_INK, font=font, anchor="mt")
     return sheet
