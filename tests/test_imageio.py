@@ -509,7 +509,7 @@ def test_save_uses_hidden_temp_name_in_same_directory(
         renames.append((Path(src), Path(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(imageio.os, "replace", recording_replace)
+    monkeypatch.setattr(os, "replace", recording_replace)
     out = tmp_path / "result.png"
 
     save_image_atomic(Image.new("RGB", SIZE), out)

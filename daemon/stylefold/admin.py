@@ -6,13 +6,13 @@ No torch: these run in an editor's export hook or a shell and must start fast.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write
 from .config import CONFIG_NAME
 from .folders import PRESET_FILE, HotFolder, is_ignored, is_image
 from .jobs import JobState, Journal
@@ -105,16 +105,9 @@ def _free_name(folder: Path, name: str, *, with_sidecar: bool) -> str:
 
 
 def _copy_in(src: Path, dest: Path) -> Path:
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
-    try:
-        with src.open("rb") as fin, tmp.open("xb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.rename(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with src.open("rb") as fin:
+        # .part: ignored by the watcher until the no-overwrite rename makes it visible.
+        atomic_write(dest, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20), overwrite=False, suffix=".part")
     return dest
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import secrets
 import struct
 import warnings
 from dataclasses import dataclass
@@ -22,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
+
+from .atomic import atomic_write
 
 __all__ = [
     "ImageError", "ImageTooLarge", "LoadedImage", "fit_short_side",
@@ -337,37 +337,8 @@ def save_image_atomic(image: Image.Image, path: Path, *, quality: int = 95,
     options = _save_options(fmt, quality, exif)
     if image.mode != "RGB":
         image = image.convert("RGB")  # the embedded profile is an RGB one
-    # A leading "." and a ".tmp" suffix: the hot-folder watcher ignores both (SPEC §3).
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, unlike mkstemp's 0o600.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=fmt, **options)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _publish_exclusive(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _publish_exclusive(tmp: Path, path: Path) -> None:
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError:
-        # Filesystems without hard links (FAT, some SMB shares): a check, then rename.
-        if path.exists():
-            raise FileExistsError(path) from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
+    atomic_write(path, lambda handle: image.save(handle, format=fmt, **options), overwrite=overwrite,
+                 sync_directory=True)
 
 
 def _save_options(fmt: str, quality: int, exif: bytes | None) -> dict[str, Any]:
@@ -393,15 +364,3 @@ def _has_sub_ifds(exif: bytes | None) -> bool:
     parsed = Image.Exif()
     parsed.load(exif)
     return any(tag in parsed for tag in _SUB_IFD_POINTERS)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable. Best effort: the file itself is already complete."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:  # some filesystems refuse fsync on directories
-        logger.warning("Could not sync directory %s: %s", directory, exc)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from . import imageio, render
+from .atomic import atomic_write
 
 __all__ = ["CSV_HEADER", "OutputPaths", "publish_result", "write_atomic", "write_logs"]
 
@@ -78,17 +77,7 @@ def publish_result(image: Image.Image, outbox: Path, logs: Path, base: str, ext:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp name in the same folder, fsync, rename: readers see all of it or nothing."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(data))
 
 
 def losses_csv(rows: Iterable[Mapping[str, float]]) -> bytes:
