@@ -203,6 +203,8 @@ class Worker:
         )
         if rendered.stopped:
             Checkpoint(rendered.state, rendered.rows, rendered.snapshots).save(claim.checkpoint)
+            self.journal.set_progress(claim.job_id, {"step": rendered.state.step, "steps": preset.steps,
+                                                     "stopped": True})
             self.journal.set_state(claim.job_id, JobState.QUEUED)
             self.journal.undo_attempt(claim.job_id)  # a graceful stop is not a crash
             logger.info("%s: stopped at step %d; checkpoint saved", claim.meta["source"], rendered.state.step)
