@@ -880,3 +880,112 @@ def test_status_json_lists_recent_results_and_failures(rig: Rig, capsys: pytest.
     assert [(j["source"], j["kind"]) for j in status["recent_failed"]] == [("tiny/broken.jpg", "unreadable_image")]
     assert status["counts"] == {"done": 1, "failed": 1}
     rig.assert_nothing_lost()
+
+
+# ---------------------------------------------------------------- review findings
+
+
+def test_a_preset_json_with_a_huge_integer_fails_its_photo_not_the_daemon(rig: Rig) -> None:
+    """json.loads raises a plain ValueError for integers over 4300 digits; it used to
+    escape the claim and crash the daemon on every restart."""
+    rig.drop("folder/preset.json", b'{"seed": ' + b"1" * 5000 + b"}")
+    rig.drop_photo("folder/a.jpg")
+    rig.drop_photo("b.jpg", seed=1)
+    rig.drop_json("b.json", {"extends": "tiny"})
+    assert rig.serve() == 1
+    assert rig.error("a.jpg")["kind"] == "invalid_preset"
+    assert rig.results() == [f"b-{STYLE}.jpg"]
+    rig.assert_nothing_lost(kept=("folder/preset.json",))
+
+
+def test_folder_preset_name_in_another_case_is_the_folder_preset(rig: Rig) -> None:
+    """Preset.json from a Windows share: used for the folder, never waited on forever."""
+    rig.drop_json("shoot/Preset.json", {"extends": "tiny"})
+    rig.drop_photo("shoot/a.jpg")
+    assert rig.serve() == 0
+    assert rig.results() == [f"a-{STYLE}.jpg"]
+    rig.assert_nothing_lost(kept=("shoot/Preset.json",))
+
+
+def test_long_file_name_gets_a_result(rig: Rig) -> None:
+    name = "x" * 220 + ".jpg"
+    rig.drop_photo(f"tiny/{name}")
+    assert rig.serve() == 0
+    [result] = rig.results()
+    assert result.startswith("x" * 100) and len(result.encode()) <= 160
+    rig.assert_nothing_lost()
+
+
+def test_progress_sheet_of_a_long_run_is_capped(rig: Rig) -> None:
+    rig.preset("every", {"extends": "tiny", "steps": 40, "snapshot_every": 1})
+    rig.drop_photo("every/a.jpg")
+    assert rig.serve() == 0
+    sheet = Image.open(rig.hot.logs / f"a-{STYLE}.progress.jpg")
+    assert sheet.height < 10 * 256  # 24 cells at most, 4 a row
+    rig.assert_nothing_lost()
+
+
+def test_a_crash_after_the_image_is_out_gives_no_second_result(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name is recorded before the image is linked; a crash right after the link
+    (simulated: the process "dies" as the image save returns) resumes into the same
+    name instead of publishing NAME-STYLE-2."""
+    import stylefold.outputs as outputs
+
+    rig.drop_photo("tiny/a.jpg")
+    real_save = outputs.imageio.save_image_atomic
+
+    def save_then_die(*args: Any, **kwargs: Any) -> None:
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # not an Exception: nothing in the worker catches it
+
+    monkeypatch.setattr(outputs.imageio, "save_image_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        rig.serve()
+    assert rig.results() == [f"a-{STYLE}.jpg"]  # the image is out, the job is not finished
+    # The process "dies": the kernel would drop its claim lock.
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(rig.hot.work)) and target.endswith("/lock"):
+            os.close(int(fd))
+    monkeypatch.setattr(outputs.imageio, "save_image_atomic", real_save)
+    assert rig.serve() == 0
+    assert rig.results() == [f"a-{STYLE}.jpg"]
+    assert (rig.hot.logs / f"a-{STYLE}.json").exists()
+    rig.assert_nothing_lost()
+
+
+def test_photoshop_layers_and_huge_exif_do_not_reach_the_result(tmp_path: Path) -> None:
+    from stylefold.imageio import load_image, save_image_atomic
+
+    src = tmp_path / "layered.tif"
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    exif[37724] = b"\0" * 200_000  # ImageSourceData: Photoshop's layers
+    Image.new("RGB", (40, 32), (10, 200, 30)).save(src, exif=exif.tobytes())
+    loaded = load_image(src)
+    assert loaded.exif is not None
+    carried = Image.Exif()
+    carried.load(loaded.exif)
+    assert carried[0x010F] == "Canon" and 37724 not in carried
+    big = Image.Exif()
+    big[0x010F] = "Canon"
+    big.get_ifd(0x8769)[0x9286] = b"ASCII\0\0\0" + b"x" * 70_000  # UserComment over 64 KB
+    out = tmp_path / "out.jpg"
+    save_image_atomic(loaded.image, out, exif=big.tobytes())
+    assert Image.open(out).size == (40, 32)  # saved, without the oversized EXIF
+
+
+def test_a_symlink_in_the_inbox_is_never_followed_and_ends_in_failed(rig: Rig, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(photo_bytes(".jpg", 40, 32, 3))
+    (rig.inbox / "tiny").mkdir()
+    (rig.inbox / "tiny" / "link.jpg").symlink_to(secret)
+    rig.drop_photo("tiny/a.jpg")
+    assert rig.serve() == 1
+    assert rig.results() == [f"a-{STYLE}.jpg"]
+    assert rig.error("link.jpg")["kind"] == "unsupported_file"
+    assert (rig.hot.failed / "link.jpg").is_symlink()  # the link itself, moved; the target untouched
+    assert secret.exists()

@@ -99,7 +99,11 @@ def _free_name(folder: Path, name: str, *, with_sidecar: bool) -> str:
     stem, suffix = Path(name).stem, Path(name).suffix
     for n in range(1, 10_000):
         candidate = name if n == 1 else f"{stem}-{n}{suffix}"
-        if not (folder / candidate).exists() and not (with_sidecar and (folder / f"{Path(candidate).stem}.json").exists()):
+        sidecar = folder / f"{Path(candidate).stem}.json"
+        # A photo named preset.* would get a sidecar named preset.json: the folder's preset.
+        if with_sidecar and Path(candidate).stem.lower() == "preset":
+            continue
+        if not (folder / candidate).exists() and not (with_sidecar and sidecar.exists()):
             return candidate
     raise FileExistsError(f"no free name for {name} in {folder}")
 
@@ -119,7 +123,7 @@ def status_report(root: Path, recent: int = 10) -> dict[str, Any]:
         for dirpath, dirnames, filenames in os.walk(hot.inbox):
             dirnames[:] = [d for d in dirnames if not is_ignored(d)]
             for name in filenames:
-                if not is_ignored(name) and name != PRESET_FILE and (is_image(name) or not name.endswith(".json")):
+                if not is_ignored(name) and name.lower() != PRESET_FILE and (is_image(name) or not name.endswith(".json")):
                     waiting.append(hot.relative(Path(dirpath) / name))
     report: dict[str, Any] = {"root": str(hot.root.absolute()), "waiting": sorted(waiting), "running": [],
                               "recent_done": [], "recent_failed": [], "counts": {}}

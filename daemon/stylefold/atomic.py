@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, overwrite: bool = True,
                  suffix: str = ".tmp", sync_directory: bool = False) -> None:
     """Create ``path`` with the bytes ``write(handle)`` produces, atomically."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+    # Name prefix capped: a 240-byte file name plus ".", 8 hex and ".tmp" would exceed 255.
+    tmp = path.with_name(f".{path.name[:60]}.{secrets.token_hex(4)}{suffix}")
     try:
         # "x": O_EXCL; open() creates with 0o666 & umask, unlike mkstemp's 0o600.
         with open(tmp, "xb") as handle:

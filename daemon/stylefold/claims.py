@@ -72,7 +72,16 @@ class Claim:
             self._lock_fd = None
 
     def finish(self) -> None:
-        """The job is over and its originals moved out: remove the folder."""
+        """The job is over and its originals moved out: remove the folder. Anything
+        still in original/ is never deleted with it: it goes back to the inbox."""
+        originals = self.originals
+        if originals.is_dir() and any(originals.iterdir()):
+            logger.error("claim %s finished with originals still in it; returning them", self.job_id)
+            source = self.meta.get("source")
+            dest = self.folder.parent.parent.parent / "inbox" / (Path(source).parent if source else Path())
+            for path in list(originals.iterdir()):
+                if path.is_file():
+                    move_no_clobber(path, dest)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.release()
 
@@ -112,12 +121,16 @@ def claim(hot: HotFolder, image: Path, sidecar: Path | None, meta: dict[str, Any
         result.finish()
         return None
     if sidecar is not None:
+        # Recorded first: a crash between these two lines must not leave a sidecar in
+        # the claim that job.json does not know of.
+        result.meta["sidecar"] = sidecar.name
+        result.save_meta()
         try:
             os.rename(sidecar, result.originals / sidecar.name)
-            result.meta["sidecar"] = sidecar.name
-            result.save_meta()
         except FileNotFoundError:
             logger.warning("sidecar %s vanished while claiming %s", sidecar, image)
+            result.meta["sidecar"] = None
+            result.save_meta()
     return result
 
 
@@ -166,7 +179,9 @@ def _fetch_sidecar(hot: HotFolder, found: Claim) -> None:
     job was paired with a sidecar that is still in the inbox. Without this the resumed
     job had no preset (failed ``no_preset``) and its sidecar failed later as an orphan."""
     origin = found.meta.get("origin") or {}
-    if origin.get("kind") != "sidecar" or found.meta.get("sidecar") or not origin.get("file"):
+    if origin.get("kind") != "sidecar" or not origin.get("file"):
+        return
+    if found.meta.get("sidecar") and (found.originals / found.meta["sidecar"]).exists():
         return
     name = Path(origin["file"]).name
     left_behind = hot.inbox / Path(found.meta.get("source", name)).parent / name

@@ -39,7 +39,13 @@ _EXIF_IFD = 0x8769
 _STRUCTURAL_TAGS = frozenset({
     254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 317, 320,
     322, 323, 324, 325, 338, 339, 340, 341, 513, 514, 530, 531, 532, 700, 34675,
+    # Not metadata of the photo but other copies of it: Photoshop's layers
+    # (ImageSourceData; Photoshop would reopen the unstylised layers), its resource
+    # block and IPTC. Megabytes that would also overflow JPEG's 64 KB EXIF segment.
+    33723, 34377, 37724,
 })
+_MAKER_NOTE = 0x927C
+_JPEG_EXIF_LIMIT = 65_000  # one APP1 segment
 # PixelXDimension/PixelYDimension in the Exif IFD: the original's size, stale after resizing.
 _STALE_EXIF_IFD_TAGS = (0xA002, 0xA003)
 _SUB_IFD_POINTERS = (_EXIF_IFD, 0x8825)  # the Exif and GPS IFDs
@@ -149,7 +155,13 @@ def _carried_exif(path: Path, opened: Image.Image) -> bytes | None:
         exif_ifd = exif.get_ifd(_EXIF_IFD)
         for tag in _STALE_EXIF_IFD_TAGS:
             exif_ifd.pop(tag, None)
-        return exif.tobytes()
+        data = exif.tobytes()
+        if len(data) > _JPEG_EXIF_LIMIT and _MAKER_NOTE in exif_ifd:
+            # A large maker note is the usual reason EXIF cannot fit a JPEG; camera, lens
+            # and date live elsewhere.
+            del exif_ifd[_MAKER_NOTE]
+            data = exif.tobytes()
+        return data
     except _DECODE_ERRORS as exc:
         # Broken EXIF is common (editors, phones) and does not make the photo unusable.
         logger.warning("Ignoring unreadable EXIF in %s: %s", path.name, exc)
@@ -343,6 +355,9 @@ def save_image_atomic(image: Image.Image, path: Path, *, quality: int = 95,
 
 def _save_options(fmt: str, quality: int, exif: bytes | None) -> dict[str, Any]:
     options: dict[str, Any] = {"icc_profile": _srgb_profile().tobytes()}
+    if exif and fmt in ("JPEG", "WEBP") and len(exif) > _JPEG_EXIF_LIMIT:
+        logger.warning("EXIF of %d bytes does not fit a %s file; the result goes without it", len(exif), fmt)
+        exif = None
     if exif:
         options["exif"] = exif
     if fmt == "JPEG":

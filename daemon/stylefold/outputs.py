@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ __all__ = ["CSV_HEADER", "OutputPaths", "publish_result", "write_atomic", "write
 
 CSV_HEADER = ("step", "style_loss", "content_loss", "tv_loss", "total_loss", "elapsed_s")
 MAX_NAME_ATTEMPTS = 10_000
+MAX_SHEET_CELLS = 24
+MAX_BASE_CHARS = 150  # leaves room for "-N", ".losses.csv" and temp names in 255 bytes
 
 
 @dataclass(frozen=True)
@@ -55,18 +58,27 @@ def base_name(image_name: str, style_names: Sequence[str]) -> str:
     """``NAME-STYLE``; blended styles are joined with ``+`` (``photo-ink+mosaic``)."""
     stem = Path(image_name).stem
     styles = "+".join(Path(s).stem for s in style_names)
-    return f"{stem}-{styles}"
+    base = f"{stem}-{styles}"
+    # Long names must not fail the job after the whole optimisation (ENAMETOOLONG).
+    # os.fsencode: names that are not UTF-8 (surrogate escapes) count in their real bytes.
+    raw = os.fsencode(base)
+    return base if len(raw) <= MAX_BASE_CHARS else os.fsdecode(raw[:MAX_BASE_CHARS])
 
 
 def publish_result(image: Image.Image, outbox: Path, logs: Path, base: str, ext: str, *,
-                   quality: int, exif: bytes | None) -> OutputPaths:
+                   quality: int, exif: bytes | None,
+                   before_link: Callable[[OutputPaths], None] | None = None) -> OutputPaths:
     """Save the result under the first free ``base``, ``base-2``, ... and return all the
-    paths of that name. Nothing that exists is ever overwritten."""
+    paths of that name. Nothing that exists is ever overwritten. ``before_link`` is told
+    each name just before it is tried, so a crash right after the link can still find
+    the name it used (one result per job, SPEC §6.3)."""
     for n in range(1, MAX_NAME_ATTEMPTS + 1):
         candidate = base if n == 1 else f"{base}-{n}"
         paths = OutputPaths.for_base(outbox, logs, candidate, ext)
         if paths.image.exists() or paths.logs_exist():
             continue
+        if before_link is not None:
+            before_link(paths)
         try:
             imageio.save_image_atomic(image, paths.image, quality=quality, exif=exif, overwrite=False)
         except FileExistsError:
@@ -97,6 +109,11 @@ def write_logs(paths: OutputPaths, rows: Sequence[Mapping[str, float]], report: 
     plot = render.loss_plot(rows, title=title)
     write_atomic(paths.plot, _encode(plot, "PNG"))
     if snapshots:
+        # At most MAX_SHEET_CELLS, evenly spread and always with the last: a sheet of
+        # every step of a long run would outgrow what JPEG can hold (65,500 px).
+        if len(snapshots) > MAX_SHEET_CELLS:
+            pick = {round(i * (len(snapshots) - 1) / (MAX_SHEET_CELLS - 1)) for i in range(MAX_SHEET_CELLS)}
+            snapshots = [snap for i, snap in enumerate(snapshots) if i in pick]
         sheet = render.progress_sheet(snapshots, title=title)
         write_atomic(paths.progress, _encode(sheet, "JPEG", quality=90))
     write_atomic(paths.report, (json.dumps(report, indent=2, sort_keys=False) + "\n").encode())

@@ -207,6 +207,14 @@ class Stylist:
         content = _to_tensor(working)
         style_images = [(self._load(path).image, weight) for path, weight in styles]
         style_size = max(needed, round(preset.style_scale * min(working.size)))
+        for img, _ in style_images:
+            w, h = img.size
+            pixels = style_size * style_size * max(w, h) / min(w, h)
+            # A style is resized to the photo's scale keeping its aspect ratio: a 100000x10
+            # px file would become hundreds of megapixels. Cap it like an input image.
+            if pixels > max(4 * content.shape[-1] * content.shape[-2], 4_000_000):
+                raise JobFailure("too_large", f"the style image ({w}x{h}) at this size would be {pixels / 1e6:.0f} "
+                                 "megapixels; use a less elongated style image or a smaller style_scale")
         style_tensors = [(_to_tensor(imageio.resize_short_side(img, style_size)), w) for img, w in style_images]
 
         target_content, target_styles = content, style_tensors
@@ -216,6 +224,9 @@ class Stylist:
         elif preset.preserve_color == "histogram":
             target_styles = [(color.match_color_statistics(s, content), w) for s, w in style_tensors]
 
+        if resume is not None and tuple(resume.state.image.shape[-2:]) != tuple(content.shape[-2:]):
+            logger.warning("%s: checkpoint is for another size; starting over", image_path.name)
+            resume = None
         rows: list[dict[str, float]] = list(resume.rows) if resume else []
         snapshots: list[tuple[int, Image.Image]] = list(resume.snapshots) if resume else []
         # Elapsed time continues across a resume, so the CSV reads as one run.
@@ -301,18 +312,17 @@ class Stylist:
 
     def publish(self, rendered: Rendered, outbox: Path, logs: Path, *,
                 reserved: outputs.OutputPaths | None = None,
-                on_reserved: Callable[[outputs.OutputPaths], None] | None = None) -> JobResult:
+                on_reserve: Callable[[outputs.OutputPaths], None] | None = None) -> JobResult:
         """Write the SPEC §5 files. ``reserved``: the names a crashed earlier attempt
         already published the image under (its logs are then rewritten, nothing new is
-        created); ``on_reserved`` is told the names as soon as the image is out."""
+        created); ``on_reserve`` is told each name just before the image is linked to it."""
         outbox, logs = outbox.absolute(), logs.absolute()
         outbox.mkdir(parents=True, exist_ok=True)
         logs.mkdir(parents=True, exist_ok=True)
         paths = reserved or outputs.publish_result(
-            rendered.image, outbox, logs, rendered.base, rendered.ext, quality=rendered.quality, exif=rendered.exif
+            rendered.image, outbox, logs, rendered.base, rendered.ext, quality=rendered.quality, exif=rendered.exif,
+            before_link=on_reserve,
         )
-        if on_reserved is not None and reserved is None:
-            on_reserved(paths)
         report = {
             **rendered.report,
             "output": {"path": str(paths.image), "size": list(rendered.image.size), "base": paths.base},
@@ -320,7 +330,12 @@ class Stylist:
                      "progress": str(paths.progress) if rendered.snapshots else None},
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        outputs.write_logs(paths, rendered.rows, report, rendered.snapshots, rendered.title)
+        try:
+            outputs.write_logs(paths, rendered.rows, report, rendered.snapshots, rendered.title)
+        except OSError as exc:
+            # The result is out: failing the job now would move its original to failed/
+            # beside a finished picture, and a second drop would make a -2 result.
+            logger.error("%s: result written, but its logs could not be (%s)", paths.image.name, exc)
         logger.info("wrote %s (%d steps, %.1f s)", paths.image, len(rendered.rows), report["seconds"]["total"])
         return JobResult(paths=paths, report=report, rows=rendered.rows, stopped=rendered.stopped)
 

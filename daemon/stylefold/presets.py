@@ -152,7 +152,7 @@ def read_preset_json(path: Path) -> dict[str, Any]:
         raise PresetError(f"{path}: a preset may be at most {MAX_PRESET_BYTES // 1024} KB")
     try:
         data = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, >4300-digit ints
         raise PresetError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise PresetError(f"{path}: a preset must be a JSON object, got {type(data).__name__}")

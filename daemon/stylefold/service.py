@@ -142,6 +142,8 @@ class Service:
                 origin["data"] = read_preset_json(Path(origin["file"]))
             except PresetError as exc:
                 origin["error"] = str(exc)
+            except Exception as exc:  # whatever the file holds, it fails this job, not the daemon
+                origin["error"] = f"{origin['file']}: unreadable preset ({exc})"
         self.inbox.forget(candidate.path)
         if candidate.sidecar is not None:
             self.inbox.forget(candidate.sidecar)
@@ -152,6 +154,9 @@ class Service:
             # claimed by rename. The file stays where it is; `stylefold doctor` says why.
             logger.error("cannot claim %s: %s (inbox and .stylefold/ must be on one filesystem)",
                          candidate.source, exc)
+            return None
+        except Exception:  # nothing about one file may stop the daemon
+            logger.exception("cannot claim %s; will look again at the next scan", candidate.source)
             return None
         if taken is None:
             logger.info("%s was taken by another process (or removed)", candidate.source)

@@ -66,6 +66,7 @@ class Inbox:
     _seen: dict[Path, _Seen] = field(default_factory=dict)
     _sidecars: dict[tuple[Path, str], Path] = field(default_factory=dict)
     _images: set[tuple[Path, str]] = field(default_factory=set)
+    _folder_presets: dict[Path, Path] = field(default_factory=dict)
 
     def scan(self, now: float) -> None:
         present: set[Path] = set()
@@ -79,7 +80,7 @@ class Inbox:
 
     def waiting(self) -> int:
         """Files in the inbox still to be handed out (folder preset.json files stay)."""
-        return sum(1 for p in self._seen if p.name != PRESET_FILE)
+        return sum(1 for p in self._seen if p.name.lower() != PRESET_FILE)
 
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
@@ -101,6 +102,8 @@ class Inbox:
         self._sidecars = {(p.parent, p.stem): p for p in self._seen
                           if p.suffix.lower() == ".json" and p.name.lower() != PRESET_FILE}
         self._images = {(p.parent, p.stem) for p in self._seen if is_image(p.name)}
+        # preset.json in any case (Preset.json from a Windows share is the same file).
+        self._folder_presets = {p.parent: p for p in self._seen if p.name.lower() == PRESET_FILE}
         for path, seen in sorted(self._seen.items(), key=lambda kv: kv[1].changed):
             if not self._settled(seen, now):
                 continue
@@ -128,8 +131,8 @@ class Inbox:
             if not self._settled(self._seen[sidecar], now):
                 return None  # wait for the sidecar to be complete
             return Candidate(path, sidecar, {"kind": "sidecar", "file": sidecar.name}, source)
-        folder_preset = path.parent / PRESET_FILE
-        if folder_preset in self._seen:
+        folder_preset = self._folder_presets.get(path.parent)
+        if folder_preset is not None:
             if not self._settled(self._seen[folder_preset], now):
                 return None
             return Candidate(path, None, {"kind": "folder", "file": str(folder_preset)}, source)
@@ -173,7 +176,9 @@ def _walk(inbox: Path) -> Iterator[tuple[Path, os.stat_result]]:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
+                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                    # Symlinks are handed out too (never followed): they end in failed/
+                    # rather than sitting in the inbox forever.
                     yield Path(entry.path), entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # moved away between listing and stat

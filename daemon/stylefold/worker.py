@@ -69,6 +69,11 @@ class Worker:
 
     def run(self, claim: Claim, should_stop: Callable[[], bool]) -> Outcome:
         started = time.perf_counter()
+        if claim.image.is_symlink():
+            # Never followed: a link could point at any file the daemon can read.
+            self._start(claim, "", "")
+            return self._fail(claim, "unsupported_file", f"{claim.meta['name']} is a symbolic link; links are "
+                              "not followed, drop the file itself", started)
         try:
             sha = sha256_file(claim.image)
         except OSError as exc:  # unreadable (permissions): fail it, never crash-loop on it
@@ -217,7 +222,7 @@ class Worker:
         reserved = _load_reserved(claim.folder)
         return self.stylist.publish(
             rendered, self.hot.outbox, self.hot.logs, reserved=reserved,
-            on_reserved=lambda paths: _save_reserved(claim.folder, paths),
+            on_reserve=lambda paths: _save_reserved(claim.folder, paths),
         ).paths
 
     def _move_originals(self, claim: Claim, dest: Path) -> Path:
@@ -275,8 +280,11 @@ def _save_reserved(folder: Path, paths: OutputPaths) -> None:
 
 
 def _load_reserved(folder: Path) -> OutputPaths | None:
+    """The name recorded just before the image was linked, if the image is there:
+    published by this job before a crash. Absent, the name was never taken by us."""
     try:
         data = json.loads((folder / RESULT_FILE).read_bytes())
     except (OSError, ValueError):
         return None
-    return OutputPaths(base=data["base"], **{k: Path(v) for k, v in data.items() if k != "base"})
+    paths = OutputPaths(base=data["base"], **{k: Path(v) for k, v in data.items() if k != "base"})
+    return paths if paths.image.exists() else None
