@@ -989,3 +989,20 @@ def test_a_symlink_in_the_inbox_is_never_followed_and_ends_in_failed(rig: Rig, t
     assert rig.error("link.jpg")["kind"] == "unsupported_file"
     assert (rig.hot.failed / "link.jpg").is_symlink()  # the link itself, moved; the target untouched
     assert secret.exists()
+
+
+def test_a_move_interrupted_between_link_and_unlink_is_finished_not_duplicated(tmp_path: Path) -> None:
+    from stylefold.folders import move_no_clobber
+
+    src_dir, done = tmp_path / "claim", tmp_path / "done"
+    src_dir.mkdir()
+    done.mkdir()
+    src = src_dir / "a.jpg"
+    src.write_bytes(b"photo")
+    os.link(src, done / "a.jpg")  # the crash: linked, not yet unlinked
+    moved = move_no_clobber(src, done)
+    assert moved == done / "a.jpg" and not src.exists()
+    assert sorted(p.name for p in done.iterdir()) == ["a.jpg"]
+    other = src_dir / "a.jpg"
+    other.write_bytes(b"another photo")  # a different file of the same name still gets -2
+    assert move_no_clobber(other, done) == done / "a-2.jpg"

@@ -133,7 +133,10 @@ def status_report(root: Path, recent: int = 10) -> dict[str, Any]:
     try:
         report["counts"] = journal.counts()
         for record in journal.by_state(JobState.RUNNING) + journal.by_state(JobState.QUEUED):
-            report["running"].append({"job": record.id, "source": record.source, "state": record.state.value,
+            # A row whose claim folder is gone belongs to a process that died after
+            # moving the originals out: the file is in done/ or failed/, not running.
+            state = record.state.value if (hot.work / record.id).is_dir() else "stale"
+            report["running"].append({"job": record.id, "source": record.source, "state": state,
                                       "attempts": record.attempts, "progress": record.progress,
                                       "since_s": round(time.time() - record.updated, 1)})
         for record in journal.by_state(JobState.DONE, recent):

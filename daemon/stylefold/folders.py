@@ -116,6 +116,11 @@ def move_no_clobber(src: Path, dest_dir: Path, name: str | None = None,
     for n in range(1, MAX_NAME_ATTEMPTS + 1):
         chosen = stem if n == 1 else f"{stem}-{n}"
         target = dest_dir / f"{chosen}{suffix}"
+        if target.exists() and _same_file(src, target):
+            # An earlier move linked it here and died before unlinking the source: finish
+            # that move instead of making a second copy.
+            src.unlink()
+            return target
         if target.exists() or any((dest_dir / f"{chosen}{c}").exists() for c in companions):
             continue
         try:
@@ -143,6 +148,13 @@ def write_error_file(failed_dir: Path, image_name: str, kind: str, message: str,
     body = {"kind": kind, "error": message, "file": image_name, **(extra or {})}
     write_atomic(path, (json.dumps(body, indent=2) + "\n").encode())
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _split(name: str) -> tuple[str, str]:
