@@ -1006,3 +1006,17 @@ def test_a_move_interrupted_between_link_and_unlink_is_finished_not_duplicated(t
     other = src_dir / "a.jpg"
     other.write_bytes(b"another photo")  # a different file of the same name still gets -2
     assert move_no_clobber(other, done) == done / "a-2.jpg"
+
+
+def test_one_sidecar_applies_to_every_image_of_its_name(rig: Rig) -> None:
+    """SPEC §3: NAME.json is the preset of NAME.EXT, whatever EXT: a.jpg and a.png both."""
+    rig.drop_photo("a.jpg")
+    rig.drop_photo("a.png", seed=1)
+    rig.drop_json("a.json", {"extends": "tiny", "style": "side.png"})
+    assert rig.serve() == 0
+    # Both use the side.png style; the second result takes the next free name.
+    results = rig.results()
+    assert len(results) == 2 and {Path(r).suffix for r in results} == {".jpg", ".png"}
+    assert {Path(r).stem for r in results} == {"a-side", "a-side-2"}
+    assert "a.json" in rig.done()
+    rig.assert_nothing_lost()

@@ -144,11 +144,21 @@ class Service:
                 origin["error"] = str(exc)
             except Exception as exc:  # whatever the file holds, it fails this job, not the daemon
                 origin["error"] = f"{origin['file']}: unreadable preset ({exc})"
+        sidecar = candidate.sidecar
+        if sidecar is not None and self.inbox.shares_sidecar(candidate.path):
+            # SPEC §3: NAME.json applies to every NAME.EXT; the last image takes the file.
+            try:
+                origin["data"] = read_preset_json(sidecar)
+            except PresetError as exc:
+                origin["error"] = str(exc)
+            except Exception as exc:
+                origin["error"] = f"{sidecar.name}: unreadable preset ({exc})"
+            sidecar = None
         self.inbox.forget(candidate.path)
-        if candidate.sidecar is not None:
-            self.inbox.forget(candidate.sidecar)
+        if sidecar is not None:
+            self.inbox.forget(sidecar)
         try:
-            taken = claim(self.hot, candidate.path, candidate.sidecar, {"source": candidate.source, "origin": origin})
+            taken = claim(self.hot, candidate.path, sidecar, {"source": candidate.source, "origin": origin})
         except OSError as exc:
             # EXDEV: the inbox is another filesystem (a mounted share) and cannot be
             # claimed by rename. The file stays where it is; `stylefold doctor` says why.

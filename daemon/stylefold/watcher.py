@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import Counter
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ class Inbox:
     default_preset: str | None = None
     _seen: dict[Path, _Seen] = field(default_factory=dict)
     _sidecars: dict[tuple[Path, str], Path] = field(default_factory=dict)
-    _images: set[tuple[Path, str]] = field(default_factory=set)
+    _images: Counter[tuple[Path, str]] = field(default_factory=Counter)
     _folder_presets: dict[Path, Path] = field(default_factory=dict)
 
     def scan(self, now: float) -> None:
@@ -101,7 +102,7 @@ class Inbox:
         # number of files even when thousands arrive at once.
         self._sidecars = {(p.parent, p.stem): p for p in self._seen
                           if p.suffix.lower() == ".json" and p.name.lower() != PRESET_FILE}
-        self._images = {(p.parent, p.stem) for p in self._seen if is_image(p.name)}
+        self._images = Counter((p.parent, p.stem) for p in self._seen if is_image(p.name))
         # preset.json in any case (Preset.json from a Windows share is the same file).
         self._folder_presets = {p.parent: p for p in self._seen if p.name.lower() == PRESET_FILE}
         for path, seen in sorted(self._seen.items(), key=lambda kv: kv[1].changed):
@@ -152,7 +153,12 @@ class Inbox:
         return self._sidecars.get((image.parent, image.stem))
 
     def _has_image(self, sidecar: Path) -> bool:
-        return (sidecar.parent, sidecar.stem) in self._images
+        return self._images[(sidecar.parent, sidecar.stem)] > 0
+
+    def shares_sidecar(self, image: Path) -> bool:
+        """Another image with the same stem waits beside this one (a.jpg and a.png):
+        their ``a.json`` must stay for it, so this one takes a copy of its contents."""
+        return self._images[(image.parent, image.stem)] > 1
 
 
 def _walk(inbox: Path) -> Iterator[tuple[Path, os.stat_result]]:

@@ -155,6 +155,10 @@ class Worker:
         kind = origin["kind"]
         if kind == "sidecar" and claim.sidecar is not None:
             return self._sidecar_preset(claim, claim.sidecar)
+        if kind == "sidecar" and ("data" in origin or "error" in origin):  # a sidecar shared by a.jpg and a.png
+            if "error" in origin:
+                raise PresetError(origin["error"])
+            return self.library.from_data(origin["data"], f"inbox/{Path(claim.meta['source']).with_name(origin['file'])}")
         if kind == "folder":
             if "error" in origin:
                 raise PresetError(origin["error"])
