@@ -131,6 +131,17 @@ class Rig:
         """Drain the inbox once, as ``stylefold serve --once`` does."""
         return self.make_service(**overrides).run(once=True)
 
+    def serve_while(self, writer: Callable[[], None], **overrides: Any) -> int:
+        """Drain the inbox once while ``writer`` (a slow copy, a late sidecar) runs in a
+        thread started after the service is built."""
+        service = self.make_service(**overrides)
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            return service.run(once=True)
+        finally:
+            thread.join()
+
     # -------------------------------------------------------- looking
 
     def results(self) -> list[str]:
@@ -316,13 +327,7 @@ def test_sidecar_arriving_after_its_image_is_waited_for(rig: Rig) -> None:
         time.sleep(0.3)  # simulates the editor writing the JSON after the image
         rig.drop("late.json", sidecar)
 
-    writer = threading.Thread(target=write_sidecar_later)
-    service = rig.make_service(settle_s=0.1, pair_timeout_s=1.5)
-    writer.start()
-    try:
-        assert service.run(once=True) == 0
-    finally:
-        writer.join()
+    assert rig.serve_while(write_sidecar_later, settle_s=0.1, pair_timeout_s=1.5) == 0
 
     assert rig.results() == ["late-side.jpg"]
     assert rig.done() == ["late.jpg", "late.json"]
@@ -386,13 +391,7 @@ def test_slow_writer_holding_the_file_open_is_taken_complete(rig: Rig) -> None:
                 out.write(chunk)
                 out.flush()
 
-    writer = threading.Thread(target=keep_writing)
-    service = rig.make_service(settle_s=0.5)
-    writer.start()
-    try:
-        assert service.run(once=True) == 0
-    finally:
-        writer.join()
+    assert rig.serve_while(keep_writing, settle_s=0.5) == 0
 
     rig.record("tiny/slow.png", data)
     assert sha256((rig.hot.done / "slow.png").read_bytes()) == sha256(data)
@@ -417,13 +416,7 @@ def test_slow_writer_reopening_between_chunks_is_taken_complete(rig: Rig) -> Non
             with path.open("ab") as f:
                 f.write(chunk)
 
-    writer = threading.Thread(target=append_rest)
-    service = rig.make_service(settle_s=1.0)
-    writer.start()
-    try:
-        assert service.run(once=True) == 0
-    finally:
-        writer.join()
+    assert rig.serve_while(append_rest, settle_s=1.0) == 0
 
     rig.record("tiny/appended.png", data)
     assert rig.failed() == []

@@ -164,12 +164,6 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def _library(config: Config) -> PresetLibrary:
-    extra = [config.presets_dir] if config.presets_dir else []
-    return PresetLibrary.default(root_styles=config.root / "styles", extra_presets=extra,
-                                 extra_styles=config.style_dirs)
-
-
 def _load_preset(library: PresetLibrary, name_or_file: str, overrides: dict[str, Any]) -> tuple[Preset, str]:
     path = Path(name_or_file)
     if path.suffix.lower() == ".json" or path.is_file():
@@ -184,7 +178,7 @@ def _load_preset(library: PresetLibrary, name_or_file: str, overrides: dict[str,
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, {"device": args.device, "weights": args.weights})
-    library = _library(config)
+    library = PresetLibrary.for_config(config)
     preset, source = _load_preset(library, args.preset, parse_set(args.sets))
     preset_dir = [Path(source).parent] if Path(source).is_file() else []
     styles = [(library.resolve_style(ref.path, operator_path_ok=True, operator_dirs=preset_dir), ref.weight)
@@ -356,7 +350,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
         return EXIT_OK
     config = load_config(args.config, {"root": args.root, "device": getattr(args, "device", None),
                                        "weights": getattr(args, "weights", None)})
-    library = _library(config)
+    library = PresetLibrary.for_config(config)
     if args.presets_command == "list":
         broken = 0
         for name in library.names():

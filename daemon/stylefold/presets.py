@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config import Config
 from .vgg_layers import TAPPABLE_LAYERS
 
 __all__ = [
@@ -232,6 +233,14 @@ class PresetLibrary:
         styles += [d / "styles" for d in preset_dirs]
         styles += list(extra_styles)
         return cls(tuple(preset_dirs), tuple(styles))
+
+    @classmethod
+    def for_config(cls, config: Config) -> PresetLibrary:
+        """The library a daemon or command with ``config`` uses: the root's styles/,
+        the config's presets_dir and style_dirs, then the built-ins."""
+        extra = [config.presets_dir] if config.presets_dir else []
+        return cls.default(root_styles=config.root / "styles", extra_presets=extra,
+                           extra_styles=config.style_dirs)
 
     def names(self) -> list[str]:
         found: dict[str, Path] = {}

@@ -69,6 +69,13 @@ def configure_logging(verbose: int = 0) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def rate_and_eta(info: StepLike) -> tuple[float, float]:
+    """Steps per second so far and seconds left at that rate (NaN while unknown)."""
+    rate = info.step / info.elapsed_s if info.elapsed_s > 0 else 0.0
+    eta = (info.steps - info.step) / rate if rate > 0 else float("nan")
+    return rate, eta
+
+
 class StepReporter:
     """Receives each step of one job; shows a bar or logs a line every few seconds."""
 
@@ -81,7 +88,7 @@ class StepReporter:
         self._last_log = time.monotonic()
 
     def __call__(self, info: StepLike) -> None:
-        rate = info.step / info.elapsed_s if info.elapsed_s > 0 else 0.0
+        rate, eta = rate_and_eta(info)
         if self._progress is not None and self._task is not None:
             self._progress.update(
                 self._task, completed=info.step,
@@ -92,7 +99,6 @@ class StepReporter:
         now = time.monotonic()
         if now - self._last_log >= self._log_every_s or info.step == info.steps:
             self._last_log = now
-            eta = (info.steps - info.step) / rate if rate > 0 else float("nan")
             logger.info(
                 "%s: step %d/%d total=%.4g style=%.4g content=%.4g %.2f steps/s ETA %.0fs",
                 self.label, info.step, info.steps, info.total_loss, info.style_loss,
@@ -160,8 +166,7 @@ class ServeConsole:
         now = time.monotonic()
         if not self.interactive and now - self._last_log >= self.log_every_s:
             self._last_log = now
-            rate = info.step / info.elapsed_s if info.elapsed_s > 0 else 0.0
-            eta = (info.steps - info.step) / rate if rate > 0 else float("nan")
+            rate, eta = rate_and_eta(info)
             logger.info("job %s step %d/%d total=%.4g %.2f steps/s ETA %.0fs", name, info.step, info.steps,
                         info.total_loss, rate, eta)
         self._refresh()
@@ -189,11 +194,10 @@ class ServeConsole:
             if info is None:
                 table.add_row(self._job, "starting", "", "")
             else:
-                rate = info.step / info.elapsed_s if info.elapsed_s > 0 else 0.0
-                eta = (info.steps - info.step) / rate if rate > 0 else 0.0
+                rate, eta = rate_and_eta(info)
                 table.add_row(self._job, f"{info.step}/{info.steps}",
                               f"total {info.total_loss:.4g} style {info.style_loss:.4g} content {info.content_loss:.4g}",
-                              f"{rate:.2f} steps/s, {eta:.0f}s left")
+                              f"{rate:.2f} steps/s, {eta if eta == eta else 0.0:.0f}s left")
         for name, outcome, seconds in self._recent:
             table.add_row(name, outcome, "", f"{seconds:.1f}s")
         return table

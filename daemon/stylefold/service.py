@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from .claims import Claim, claim, interrupted_claims
 from .config import Config
 from .engine import StepInfo
-from .folders import PRESET_FILE, HotFolder
+from .folders import HotFolder
 from .jobs import Journal
 from .pipeline import Stylist
 from .presets import Preset, PresetError, PresetLibrary, read_preset_json
@@ -28,7 +28,7 @@ from .sdnotify import WatchdogGate
 from .watcher import Candidate, Inbox, InboxWatcher
 from .worker import JobEvents, Outcome, Worker
 
-__all__ = ["Service", "ServiceView", "library_for"]
+__all__ = ["Service", "ServiceView"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,6 @@ class Notifier(Protocol):
     def stopping(self) -> bool: ...
 
 
-def library_for(config: Config, hot: HotFolder) -> PresetLibrary:
-    extra = [config.presets_dir] if config.presets_dir else []
-    return PresetLibrary.default(root_styles=hot.styles, extra_presets=extra, extra_styles=config.style_dirs)
-
-
 @dataclass
 class Service:
     config: Config
@@ -66,7 +61,7 @@ class Service:
         self.hot = HotFolder(self.config.root)
         self.hot.ensure()
         self.journal = Journal(self.hot.journal)
-        self.library = library_for(self.config, self.hot)
+        self.library = PresetLibrary.for_config(self.config)
         self.inbox = Inbox(self.hot, self.config.settle_s, self.config.pair_timeout_s,
                            has_preset=lambda name: self.library.find(name) is not None,
                            default_preset=self.config.default_preset)
@@ -138,21 +133,11 @@ class Service:
         origin = dict(candidate.origin)
         if origin["kind"] == "folder":
             # Snapshot the folder's preset.json now: it stays in the inbox for the next photo.
-            try:
-                origin["data"] = read_preset_json(Path(origin["file"]))
-            except PresetError as exc:
-                origin["error"] = str(exc)
-            except Exception as exc:  # whatever the file holds, it fails this job, not the daemon
-                origin["error"] = f"{origin['file']}: unreadable preset ({exc})"
+            origin.update(_snapshot_preset(Path(origin["file"])))
         sidecar = candidate.sidecar
         if sidecar is not None and self.inbox.shares_sidecar(candidate.path):
             # SPEC §3: NAME.json applies to every NAME.EXT; the last image takes the file.
-            try:
-                origin["data"] = read_preset_json(sidecar)
-            except PresetError as exc:
-                origin["error"] = str(exc)
-            except Exception as exc:
-                origin["error"] = f"{sidecar.name}: unreadable preset ({exc})"
+            origin.update(_snapshot_preset(sidecar))
             sidecar = None
         self.inbox.forget(candidate.path)
         if sidecar is not None:
@@ -244,3 +229,14 @@ class Service:
         if self.notifier is not None:
             method: Callable[..., bool] = getattr(self.notifier, what)
             method(*args)
+
+
+def _snapshot_preset(path: Path) -> dict[str, Any]:
+    """A preset file's contents for the claim, or the reason they cannot be used:
+    whatever the file holds fails its job, never the daemon."""
+    try:
+        return {"data": read_preset_json(path)}
+    except PresetError as exc:
+        return {"error": str(exc)}
+    except Exception as exc:
+        return {"error": f"{path.name}: unreadable preset ({exc})"}

@@ -158,7 +158,7 @@ class Worker:
         if kind == "sidecar" and ("data" in origin or "error" in origin):  # a sidecar shared by a.jpg and a.png
             if "error" in origin:
                 raise PresetError(origin["error"])
-            return self.library.from_data(origin["data"], f"inbox/{Path(claim.meta['source']).with_name(origin['file'])}")
+            return self.library.from_data(origin["data"], _inbox_label(claim, origin["file"]))
         if kind == "folder":
             if "error" in origin:
                 raise PresetError(origin["error"])
@@ -178,7 +178,7 @@ class Worker:
         ``extends`` chain, so ``portrait.json`` beside ``portrait.jpg`` extending the
         ``portrait`` preset failed as a loop. Errors name the sidecar as the user dropped
         it (``inbox/...``), not its path inside the claim folder."""
-        label = f"inbox/{Path(claim.meta['source']).with_name(sidecar.name)}"
+        label = _inbox_label(claim, sidecar.name)
         try:
             data = read_preset_json(sidecar)
         except PresetError as exc:
@@ -255,6 +255,11 @@ class Worker:
             "source": claim.meta.get("source"), "job_id": claim.job_id, "preset": _origin_text(claim.meta["origin"]),
             "seconds": round(time.perf_counter() - started, 3),
         })
+
+
+def _inbox_label(claim: Claim, name: str) -> str:
+    """A file of this job named as the user dropped it (inbox/...), not its claim path."""
+    return f"inbox/{Path(claim.meta['source']).with_name(name)}"
 
 
 def _preset_key(preset: Preset, styles: list[tuple[Path, float]]) -> str:
