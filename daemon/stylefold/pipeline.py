@@ -188,6 +188,7 @@ class Stylist:
         resume: Checkpoint | None = None,
         on_checkpoint: Callable[[Checkpoint], None] | None = None,
         checkpoint_every: int = 0,
+        input_sha256: str | None = None,
     ) -> Rendered:
         """Load the photo and styles, optimise, and return the result in memory."""
         started_at = dt.datetime.now(dt.timezone.utc)
@@ -286,7 +287,7 @@ class Stylist:
         report = {
             "status": "stopped" if result.stopped else "done",
             "input": {
-                "path": str(image_path), "sha256": sha256_file(image_path), "mode": loaded.source_mode,
+                "path": str(image_path), "sha256": input_sha256 or sha256_file(image_path), "mode": loaded.source_mode,
                 "size": list(loaded.source_size), "icc_profile": loaded.icc_description,
                 "alpha_dropped": loaded.alpha_dropped,
             },

@@ -115,7 +115,7 @@ class Worker:
         if self.events.on_start:
             self.events.on_start(claim, preset)
         try:
-            rendered = Rendered.load(claim.folder) or self._render(claim, preset, styles, should_stop)
+            rendered = Rendered.load(claim.folder) or self._render(claim, preset, styles, should_stop, sha)
             if rendered is None:
                 return Outcome.STOPPED
             paths = self._publish(claim, rendered)
@@ -186,7 +186,7 @@ class Worker:
         return self.library.from_data(data, label)
 
     def _render(self, claim: Claim, preset: Preset, styles: list[tuple[Path, float]],
-                should_stop: Callable[[], bool]) -> Rendered | None:
+                should_stop: Callable[[], bool], sha: str) -> Rendered | None:
         resume = None
         if claim.checkpoint.is_file():
             try:
@@ -209,6 +209,7 @@ class Worker:
             claim.image, preset, styles, preset_source=_origin_text(claim.meta["origin"]),
             on_step=on_step, should_stop=should_stop, resume=resume,
             on_checkpoint=lambda cp: cp.save(claim.checkpoint), checkpoint_every=self.checkpoint_every,
+            input_sha256=sha,  # hashed once per job, for the journal and the report
         )
         if rendered.stopped:
             Checkpoint(rendered.state, rendered.rows, rendered.snapshots).save(claim.checkpoint)
