@@ -7,6 +7,7 @@ from a seeded, randomly initialised torchvision vgg19 (features only, 80 MB).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,9 +55,19 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def book_params(**changes: Any) -> Any:
+    """The engine's parameters of the book preset (the preset model's defaults), with ``changes``."""
+    import dataclasses
+
+    from stylefold.job.run import engine_params
+    from stylefold.presets import Preset
+
+    return dataclasses.replace(engine_params(Preset(), "fp32"), **changes)
+
+
 @pytest.fixture(scope="session")
 def extractor():
     """One random-weights extractor per test session, as the daemon holds one per process."""
-    from stylefold.engine import build_extractor
+    from stylefold.engine.features import build_extractor
 
     return build_extractor("random", "cpu")

@@ -76,7 +76,7 @@ def expected_srgb(rgb: tuple[int, int, int]) -> np.ndarray:
 
 @pytest.mark.parametrize("adobe", [(128, 128, 128), (180, 120, 90), (60, 140, 200)])
 def test_adobe_rgb_input_is_converted_to_the_expected_srgb(tmp_path: Path, adobe: tuple[int, int, int]) -> None:
-    from stylefold.imageio import load_image
+    from stylefold.media.imageio import load_image
 
     path = tmp_path / "adobe.tif"
     Image.new("RGB", (8, 8), adobe).save(path, icc_profile=adobe_rgb_profile())
@@ -89,7 +89,7 @@ def test_adobe_rgb_input_is_converted_to_the_expected_srgb(tmp_path: Path, adobe
 
 
 def test_cmyk_input_comes_out_rgb(tmp_path: Path) -> None:
-    from stylefold.imageio import load_image
+    from stylefold.media.imageio import load_image
 
     path = tmp_path / "print.jpg"
     Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(path)  # pure magenta+yellow: red

@@ -12,10 +12,10 @@ from typing import NamedTuple
 
 import pytest
 
-from stylefold import doctor
+from stylefold.cli import doctor
 from stylefold.config import Config
-from stylefold.doctor import Check, exit_code, format_checks, run_doctor
-from stylefold.folders import HotFolder
+from stylefold.cli.doctor import Check, exit_code, format_checks, run_doctor
+from stylefold.hotfolder.layout import HotFolder
 
 
 class DiskUsage(NamedTuple):

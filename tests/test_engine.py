@@ -9,23 +9,18 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from stylefold.engine import (
-    LAYER_NAMES,
-    EngineError,
-    StyleParams,
-    StyleTargetCache,
-    build_extractor,
-    gram_matrix,
-    resolve_precision,
-    stylize,
-    tv_loss,
-)
 from stylefold.engine import color
-from stylefold.engine.features import WeightsError
+from stylefold.engine.features import WeightsError, build_extractor
+from stylefold.engine.layers import LAYER_NAMES
+from stylefold.engine.losses import gram_matrix, tv_loss
+from stylefold.engine.runtime import resolve_precision
+from stylefold.engine.stylize import EngineError, StyleTargetCache, stylize
+from tests.conftest import book_params
 
 BOOK_STYLE = tuple((n, 1.0) for n in ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"))
 GATYS_STYLE = tuple((n, 1.0) for n in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"))
-BOOK = StyleParams(style_layers=BOOK_STYLE, content_layers=(("conv2_2", 1.0),), steps=3, init="content")
+BOOK = book_params(steps=3, init="content")
+assert BOOK.style_layers == BOOK_STYLE and BOOK.content_layers == (("conv2_2", 1.0),)
 
 
 def _images(seed: int = 0, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,10 +32,13 @@ from PIL import Image
 
 from stylefold.cli import main
 from stylefold.config import Config
-from stylefold.folders import HotFolder, is_ignored
-from stylefold.pipeline import Limits, Stylist
-from stylefold.service import Service
-from stylefold.watcher import Inbox
+from stylefold.hotfolder.layout import HotFolder, is_ignored
+from stylefold.hotfolder.journal import Journal
+from stylefold.hotfolder.origins import SidecarPreset
+from stylefold.hotfolder.worker import Worker
+from stylefold.job.run import Resident
+from stylefold.hotfolder.service import Service
+from stylefold.hotfolder.watcher import Inbox
 
 from .conftest import write_photo, write_texture
 
@@ -123,8 +126,9 @@ class Rig:
 
     def make_service(self, **overrides: Any) -> Service:
         config = self.config(**overrides)
-        limits = Limits(config.max_steps, config.max_size, config.max_input_pixels)
-        self.service = Service(config, Stylist(self.extractor, limits), view=None, notifier=None)
+        journal = Journal(self.hot.journal)
+        worker = Worker(self.hot, journal, Resident(self.extractor), config.checkpoint_every)
+        self.service = Service(config, self.hot, journal, worker, view=None, notifier=None)
         return self.service
 
     def serve(self, **overrides: Any) -> int:
@@ -270,7 +274,7 @@ def test_folder_preset_json_stays_for_the_next_photo(rig: Rig) -> None:
 
     assert rig.results() == ["a-folder.jpg", "b-folder.png"]
     assert rig.done() == ["a.jpg", "b.png"]
-    assert rig.report("b-folder.png")["preset"]["source"] == str(preset_json)
+    assert rig.report("b-folder.png")["preset"]["source"] == f"folder preset inbox/{preset_json.relative_to(rig.inbox)}"
     rig.assert_nothing_lost(kept=("shoot/preset.json",))
 
 
@@ -680,7 +684,7 @@ def test_same_photo_and_preset_again_gives_no_second_result(rig: Rig, caplog: py
 def test_stopped_job_keeps_its_claim_and_resumes_where_it_stopped(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     data = rig.drop_photo("five/p.jpg")
     service = rig.make_service()
-    on_step = service.worker.events.on_step
+    on_step = service.runner.events.on_step
     assert on_step is not None
 
     def stop_after_two(claim: Any, info: Any) -> None:
@@ -688,7 +692,7 @@ def test_stopped_job_keeps_its_claim_and_resumes_where_it_stopped(rig: Rig, capl
         if info.step == 2:
             service.request_stop()  # what the SIGTERM handler does
 
-    service.worker.events.on_step = stop_after_two
+    service.runner.events.on_step = stop_after_two
     assert service.run(once=True) == 0
 
     claims = list(rig.hot.work.iterdir())
@@ -709,6 +713,35 @@ def test_stopped_job_keeps_its_claim_and_resumes_where_it_stopped(rig: Rig, capl
     rig.assert_nothing_lost()
 
 
+def test_preset_edited_between_stop_and_restart_does_not_change_the_resumed_job(rig: Rig) -> None:
+    """The job's description is snapshotted at claim time: editing the preset its
+    folder names, while the job waits on a checkpoint, changes nothing for that job."""
+    rig.drop_photo("five/p.jpg")
+    service = rig.make_service()
+    on_step = service.runner.events.on_step
+    assert on_step is not None
+
+    def stop_after_two(claim: Any, info: Any) -> None:
+        on_step(claim, info)
+        if info.step == 2:
+            service.request_stop()
+
+    service.runner.events.on_step = stop_after_two
+    assert service.run(once=True) == 0
+    assert len(list(rig.hot.work.iterdir())) == 1
+    rig.preset("five", {"extends": "tiny", "steps": 9, "seed": 7})  # edited while stopped
+
+    assert rig.serve() == 0
+
+    assert rig.loss_steps("p-tex.jpg") == [1, 2, 3, 4, 5]
+    effective = rig.report("p-tex.jpg")["preset"]["effective"]
+    assert (effective["steps"], effective["seed"]) == (5, 0)
+    rig.drop_photo("five/q.jpg", seed=3)  # a new photo gets the edited preset
+    assert rig.serve() == 0
+    assert rig.loss_steps("q-tex.jpg") == list(range(1, 10))
+    rig.assert_nothing_lost()
+
+
 def test_photos_named_like_the_jobs_own_files_are_kept_intact(rig: Rig) -> None:
     """A claim folder also holds the job's rendered.png, rendered.json, result.json and
     checkpoint.pt; a photo or sidecar of the same name must not be overwritten by them."""
@@ -726,7 +759,7 @@ def test_photos_named_like_the_jobs_own_files_are_kept_intact(rig: Rig) -> None:
 def test_restart_after_dying_between_moving_the_originals_and_removing_the_claim(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """The job's own files left in its claim folder are not photos to give back."""
-    from stylefold.claims import Claim
+    from stylefold.hotfolder.claims import Claim
 
     rig.drop_photo("tiny/x.jpg")
     with monkeypatch.context() as patched:
@@ -744,12 +777,11 @@ def test_restart_after_dying_between_moving_the_originals_and_removing_the_claim
 def test_claim_interrupted_between_image_and_sidecar_gets_its_sidecar(rig: Rig) -> None:
     """A claim moves the image, then its sidecar; a process killed between the two
     renames leaves the sidecar in the inbox. The next start completes the claim."""
-    from stylefold.claims import claim
+    from stylefold.hotfolder.claims import claim
 
     rig.drop_photo("x.jpg")
     rig.drop_json("x.json", {"extends": "tiny", "style": "side.png"})
-    origin = {"kind": "sidecar", "file": "x.json"}
-    half = claim(rig.hot, rig.inbox / "x.jpg", None, {"source": "x.jpg", "origin": origin})
+    half = claim(rig.hot, rig.inbox / "x.jpg", None, "x.jpg", SidecarPreset(file="x.json"))
     assert half is not None
     half.release()  # the process is gone; its lock with it
 
@@ -808,7 +840,7 @@ def test_submit_places_files_without_visible_partial_names(rig: Rig, monkeypatch
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
-    import stylefold.admin
+    import stylefold.hotfolder.admin
 
     sources = rig.root.parent / "export"
     sources.mkdir()
@@ -825,7 +857,7 @@ def test_submit_places_files_without_visible_partial_names(rig: Rig, monkeypatch
         visible = sorted(p.name for p in folder.iterdir() if p.is_file() and not is_ignored(p.name))
         seen_while_copying.append((Path(fout.name).name, visible))
 
-    monkeypatch.setattr(stylefold.admin.shutil, "copyfileobj", copy_and_look)
+    monkeypatch.setattr(stylefold.hotfolder.admin.shutil, "copyfileobj", copy_and_look)
     assert main(["submit", str(sources / "a.jpg"), "--preset", "tiny", "--root", str(rig.root)]) == 0
     assert main(["submit", str(sources / "b.jpg"), "--preset", str(sources / "look.json"),
                  "--root", str(rig.root)]) == 0
@@ -922,7 +954,7 @@ def test_a_crash_after_the_image_is_out_gives_no_second_result(rig: Rig, monkeyp
     """The name is recorded before the image is linked; a crash right after the link
     (simulated: the process "dies" as the image save returns) resumes into the same
     name instead of publishing NAME-STYLE-2."""
-    import stylefold.outputs as outputs
+    import stylefold.media.outputs as outputs
 
     rig.drop_photo("tiny/a.jpg")
     real_save = outputs.imageio.save_image_atomic
@@ -951,7 +983,7 @@ def test_a_crash_after_the_image_is_out_gives_no_second_result(rig: Rig, monkeyp
 
 
 def test_photoshop_layers_and_huge_exif_do_not_reach_the_result(tmp_path: Path) -> None:
-    from stylefold.imageio import load_image, save_image_atomic
+    from stylefold.media.imageio import load_image, save_image_atomic
 
     src = tmp_path / "layered.tif"
     exif = Image.Exif()
@@ -985,7 +1017,7 @@ def test_a_symlink_in_the_inbox_is_never_followed_and_ends_in_failed(rig: Rig, t
 
 
 def test_a_move_interrupted_between_link_and_unlink_is_finished_not_duplicated(tmp_path: Path) -> None:
-    from stylefold.folders import move_no_clobber
+    from stylefold.fsops import move_no_clobber
 
     src_dir, done = tmp_path / "claim", tmp_path / "done"
     src_dir.mkdir()

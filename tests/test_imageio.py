@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageFile, JpegImagePlugin
 
-from stylefold import imageio
-from stylefold.imageio import (
+from stylefold.media import imageio
+from stylefold.media.imageio import (
     ImageError,
     ImageTooLarge,
     fit_short_side,
@@ -270,7 +270,7 @@ def test_cmyk_jpeg_without_profile_is_converted_with_a_warning(
     path = tmp_path / "print.jpg"
     Image.new("CMYK", SIZE, (255, 0, 0, 0)).save(path, quality=95)
 
-    with caplog.at_level(logging.WARNING, logger="stylefold.imageio"):
+    with caplog.at_level(logging.WARNING, logger="stylefold.media.imageio"):
         loaded = load_image(path)
 
     assert loaded.source_mode == "CMYK"
@@ -282,7 +282,7 @@ def test_broken_icc_profile_is_ignored(tmp_path: Path, caplog: pytest.LogCapture
     path = tmp_path / "odd.png"
     Image.new("RGB", SIZE, (10, 20, 30)).save(path, icc_profile=b"not a profile")
 
-    with caplog.at_level(logging.WARNING, logger="stylefold.imageio"):
+    with caplog.at_level(logging.WARNING, logger="stylefold.media.imageio"):
         loaded = load_image(path)
 
     assert loaded.image.getpixel((0, 0)) == (10, 20, 30)

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from stylefold.engine import StyleParams, stylize
+from stylefold.engine.stylize import stylize
+from tests.conftest import book_params
 from stylefold.engine.pyramid import MIN_COARSE_SIDE, bytes_per_pixel, plan_pyramid, stylize_pyramid
 
 GATYS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1", "relu4_2"]
@@ -50,8 +51,7 @@ def test_memory_estimate_grows_with_depth_and_precision_width():
 def test_single_scale_plan_runs_exactly_the_plain_loop(extractor):
     g = torch.Generator().manual_seed(0)
     content, style = torch.rand(1, 3, 40, 48, generator=g), torch.rand(1, 3, 40, 40, generator=g)
-    params = StyleParams(style_layers=tuple((n, 1.0) for n in BOOK), content_layers=(("conv2_2", 1.0),),
-                         steps=4, init="content")
+    params = book_params(steps=4, init="content")
     plain = stylize(extractor, content, [(style, 1.0)], params)
     via = stylize_pyramid(extractor, content, [(style, 1.0)], params, plan_pyramid(40, 48, 4, 10**6, layers=BOOK))
     assert [h.total_loss for h in via.history] == [h.total_loss for h in plain.history]
@@ -73,8 +73,7 @@ def test_multiscale_hands_each_result_to_the_next_scale(extractor, monkeypatch):
     monkeypatch.setattr(pyramid, "stylize", spy)
     g = torch.Generator().manual_seed(1)
     content, style = torch.rand(1, 3, 64, 96, generator=g), torch.rand(1, 3, 64, 64, generator=g)
-    params = StyleParams(style_layers=tuple((n, 1.0) for n in BOOK), content_layers=(("conv2_2", 1.0),),
-                         steps=3, init="content")
+    params = book_params(steps=3, init="content")
     monkeypatch.setattr(pyramid, "MIN_COARSE_SIDE", 16)
     plan = pyramid.plan_pyramid(64, 96, 3, 32 * 48, layers=BOOK)
     assert [(s.height, s.width) for s in plan] == [(32, 48), (64, 96)]

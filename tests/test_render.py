@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylefold.render import SERIES_COLOURS, loss_plot, progress_sheet
+from stylefold.media.render import SERIES_COLOURS, loss_plot, progress_sheet
 
 SERIES = ("style_loss", "content_loss", "tv_loss", "total_loss")
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from stylefold.cli import main
-from stylefold.imageio import fit_short_side, load_image
+from stylefold.media.imageio import fit_short_side, load_image
 from stylefold.presets import PresetLibrary, builtin_dir
 
 from .conftest import write_photo, write_texture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stylefold.sdnotify import Notifier, WatchdogGate
+from stylefold.hotfolder.sdnotify import Notifier, WatchdogGate
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF_UNIX sockets")
 
@@ -80,7 +80,7 @@ def test_without_notify_socket_everything_is_a_quiet_no_op(caplog: pytest.LogCap
     notifier = Notifier.from_env({"WATCHDOG_USEC": "2000000"})
     assert not notifier.enabled
     assert notifier.watchdog_interval_s is None
-    with caplog.at_level(logging.DEBUG, logger="stylefold.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="stylefold.hotfolder.sdnotify"):
         results = [notifier.ready(), notifier.status("x"), notifier.watchdog(), notifier.stopping(),
                     notifier.notify(READY=1)]
     assert results == [False] * 5
@@ -91,7 +91,7 @@ def test_send_failure_is_logged_once_and_returns_false(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = Notifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
-    with caplog.at_level(logging.DEBUG, logger="stylefold.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="stylefold.hotfolder.sdnotify"):
         results = [notifier.status(f"queue {n}") for n in range(3)]
     assert results == [False, False, False]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

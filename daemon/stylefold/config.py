@@ -55,10 +55,6 @@ class Config(BaseModel):
     checkpoint_every: Annotated[int, Field(ge=1, le=100_000)] = 50
     log_every_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
-    @property
-    def config_path(self) -> Path:
-        return self.root / CONFIG_NAME
-
 
 def load_config(
     config_file: Path | None = None,

@@ -1,4 +1,4 @@
-"""File digests for reports and weights identity (no torch, so any layer may use it)."""
+"""File digests for job descriptions and reports. Stdlib only."""
 
 from __future__ import annotations
 
@@ -9,8 +9,5 @@ __all__ = ["sha256_file"]
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -15,12 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import Config
-from .vgg_layers import TAPPABLE_LAYERS
+from .engine.layers import TAPPABLE_LAYERS
+from .failures import FailureKind, JobFailure
 
 __all__ = [
     "PRESET_SUFFIX",
@@ -30,7 +31,6 @@ __all__ = [
     "StyleNotFound",
     "StyleRef",
     "builtin_dir",
-    "load_preset_file",
     "merge_preset",
 ]
 
@@ -43,22 +43,22 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 
 LayerName = Literal[TAPPABLE_LAYERS]  # type: ignore[valid-type]
 LayerWeight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
-Layers = Union[
-    Annotated[list[LayerName], Field(min_length=0, max_length=len(TAPPABLE_LAYERS))],
-    Annotated[dict[LayerName, LayerWeight], Field(max_length=len(TAPPABLE_LAYERS))],
-]
+Layers = (
+    Annotated[list[LayerName], Field(min_length=0, max_length=len(TAPPABLE_LAYERS))]
+    | Annotated[dict[LayerName, LayerWeight], Field(max_length=len(TAPPABLE_LAYERS))]
+)
 Weight = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
 StylePath = Annotated[str, Field(min_length=1, max_length=1024)]
 
 
-class PresetError(ValueError):
+class PresetError(JobFailure, ValueError):
     """A preset that cannot be used; ``str()`` names the file, the key and the rule."""
 
-    kind = "invalid_preset"
+    kind = FailureKind.INVALID_PRESET
 
 
 class StyleNotFound(PresetError):
-    kind = "style_not_found"
+    kind = FailureKind.STYLE_NOT_FOUND
 
 
 class _Strict(BaseModel):
@@ -170,7 +170,11 @@ def validation_message(source: str, exc: ValidationError) -> str:
             problems.setdefault(key, f"{source}: unknown key {key[:60]!r}")
             continue
         got = err.get("input")
-        shown = json.dumps(got)[:60] if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
+        shown = json.dumps(got)[:60] if isinstance(got, str | int | float | bool | None) else type(got).__name__
+        if err["type"] == "literal_error" and err["loc"][0] in _LAYER_FIELDS:
+            # One sentence, not pydantic's enumeration of all 32 names.
+            problems.setdefault(key, f"{source}: {err['loc'][0]}: {shown} is not a VGG19 layer; {_LAYER_FORM}")
+            continue
         problems.setdefault(key, f"{source}: {key}: {err['msg']}{_allowed(key)} (got {shown})")
     # When one branch of a union got further ("style.0.weight"), the other branch's
     # type complaint about the parent ("style: not a string") is noise.
@@ -181,6 +185,11 @@ def validation_message(source: str, exc: ValidationError) -> str:
         # The list of known keys once, however many unknown keys a file has.
         message += f" (known keys: {', '.join(Preset.model_fields)})"
     return message
+
+
+_LAYER_FIELDS = ("style_layers", "content_layers")
+_LAYER_FORM = ("a layer is convB_N (before its ReLU) or reluB_N (after it), with block B 1-5 and N up to 2 "
+               "in blocks 1-2, up to 4 in blocks 3-5, e.g. relu4_2")
 
 
 def _is_field_part(part: str) -> bool:
@@ -337,10 +346,6 @@ class PresetLibrary:
         raise StyleNotFound(
             f"style {shown!r} not found in {', '.join(str(d) for d in self.style_dirs)}"
         )
-
-
-def load_preset_file(path: Path, library: PresetLibrary | None = None) -> Preset:
-    return (library or PresetLibrary.default()).load_file(path)
 
 
 def _is_plain_name(name: str) -> bool:

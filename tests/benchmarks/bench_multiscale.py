@@ -20,9 +20,10 @@ import time
 def run_case(long_edge: int, steps: int, budget_mb: int, preset: str) -> dict[str, float]:
     import torch
 
-    from stylefold.engine import build_extractor, tune_cpu_allocator
+    from stylefold.engine.features import build_extractor
+    from stylefold.engine.runtime import tune_cpu_allocator
     from stylefold.engine.pyramid import bytes_per_pixel, plan_pyramid, stylize_pyramid
-    from stylefold.pipeline import _engine_params
+    from stylefold.job.run import engine_params as _engine_params
     from stylefold.presets import PresetLibrary
 
     tune_cpu_allocator()

@@ -30,7 +30,7 @@ def _median_step(elapsed: list[float]) -> float:
 def run_case(case: str, content: Path, style: Path, weights: Path, size: int, steps: int) -> float:
     if case.startswith("chapter"):
         if case.endswith("allocator"):
-            from stylefold.engine import tune_cpu_allocator
+            from stylefold.engine.runtime import tune_cpu_allocator
 
             tune_cpu_allocator()
         from tests.chapter_reference import chapter_losses
@@ -39,16 +39,15 @@ def run_case(case: str, content: Path, style: Path, weights: Path, size: int, st
         return _median_step([r[4] for r in rows])
     import torch
 
-    from stylefold.engine import StyleParams, build_extractor, stylize, tune_cpu_allocator
+    from stylefold.engine.features import build_extractor
+    from stylefold.engine.runtime import tune_cpu_allocator
+    from stylefold.engine.stylize import stylize
+    from tests.conftest import book_params
     from tests.chapter_reference import image_to_tensor
 
     tune_cpu_allocator()  # as `stylefold run` / `serve` do on the CPU
     extractor = build_extractor(weights)
-    params = StyleParams(
-        style_layers=tuple((n, 1.0) for n in ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1")),
-        content_layers=(("conv2_2", 1.0),), steps=steps, init="content",
-        precision="bf16" if case.endswith("bf16") else "fp32",
-    )
+    params = book_params(steps=steps, init="content", precision="bf16" if case.endswith("bf16") else "fp32")
     result = stylize(extractor, image_to_tensor(content, size), [(image_to_tensor(style, size), 1.0)], params)
     assert torch.isfinite(result.image).all()
     return _median_step([h.elapsed_s for h in result.history])

@@ -63,9 +63,11 @@ def match_color_statistics(style: torch.Tensor, content: torch.Tensor) -> torch.
     cov_c = torch.cov(xc) + 1e-5 * torch.eye(3, dtype=xs.dtype)
     a = _sqrtm(cov_c) @ torch.linalg.inv(_sqrtm(cov_s))
     out = a @ (xs - mu_s) + mu_c
-    return out.reshape(style.shape).to(style.dtype).clamp(0, 1)
+    result: torch.Tensor = out.reshape(style.shape).to(style.dtype).clamp(0, 1)
+    return result
 
 
 def _sqrtm(m: torch.Tensor) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(m)
-    return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.t()
+    root: torch.Tensor = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.t()
+    return root

@@ -13,6 +13,7 @@ ReLU; we therefore apply ReLU functionally, in place only when nobody tapped the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..digest import sha256_file
-from ..vgg_layers import LAYER_NAMES, TAPPABLE_LAYERS
+from .layers import LAYER_NAMES, TAPPABLE_LAYERS
 
 __all__ = [
     "LAYER_NAMES",
@@ -157,7 +157,9 @@ def _load_features(model: nn.Module, state: Mapping[str, torch.Tensor], name: st
         if got != tuple(shape):
             raise WeightsError(f"{name}: {key} has shape {got}, VGG19 needs {tuple(shape)}")
     features_state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-    model.features.load_state_dict(features_state, strict=True)
+    features = model.features
+    assert isinstance(features, nn.Module)
+    features.load_state_dict(features_state, strict=True)
 
 
 def _file_state_dict(path: Path) -> tuple[Mapping[str, torch.Tensor], WeightsInfo]:
@@ -172,7 +174,7 @@ def _file_state_dict(path: Path) -> tuple[Mapping[str, torch.Tensor], WeightsInf
         state = state.state_dict()
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a state dict of tensors (torch.save(model.state_dict(), ...))")
-    return state, WeightsInfo("file", str(path), sha256_file(path))
+    return state, WeightsInfo("file", str(path), _sha256(path))
 
 
 def _imagenet_state_dict() -> tuple[Mapping[str, torch.Tensor], WeightsInfo]:
@@ -192,5 +194,10 @@ def _imagenet_state_dict() -> tuple[Mapping[str, torch.Tensor], WeightsInfo]:
             f"({w.meta['_file_size']:.0f} MB) on a machine with internet access and place it "
             f"at {cached}, or pass --weights PATH to a torchvision vgg19 state dict"
         ) from exc
-    return state, WeightsInfo("imagenet", file_name, sha256_file(cached) if cached.is_file() else None)
+    return state, WeightsInfo("imagenet", file_name, _sha256(cached) if cached.is_file() else None)
 
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -8,6 +8,8 @@ lose most of its precision in a 8-bit mantissa.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -18,7 +20,8 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """The chapter's ``gram_matrix``: (B*C, H*W) @ its transpose, divided by B*C*H*W."""
     b, c, h, w = features.shape
     flat = features.reshape(b * c, h * w).float()
-    return _Gram.apply(flat, float(b * c * h * w))
+    gram: torch.Tensor = _Gram.apply(flat, float(b * c * h * w))
+    return gram
 
 
 class _Gram(torch.autograd.Function):
@@ -30,13 +33,13 @@ class _Gram(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, flat: torch.Tensor, norm: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, flat: torch.Tensor, norm: float) -> torch.Tensor:
         ctx.save_for_backward(flat)
         ctx.norm = norm
         return (flat @ flat.t()).div_(norm)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (flat,) = ctx.saved_tensors
         sym = grad + grad.t()
         if flat.stride(0) == 1:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..vgg_layers import LAYER_NAMES, min_side
 from .features import FeatureExtractor
-from .stylize import StepInfo, StyleParams, StyleResult, StyleTargetCache, stylize
+from .layers import LAYER_NAMES, min_side
+from .steps import StepInfo
+from .stylize import StyleParams, StyleResult, StyleTargetCache, stylize
 
 __all__ = ["Scale", "Tile", "bytes_per_pixel", "plan_pyramid", "stylize_pyramid"]
 
@@ -101,7 +102,7 @@ def _tiles(height: int, width: int, max_pixels: int, overlap: int, floor: int) -
     overlap = min(overlap, side // 4)
     rows = _spans(height, side, overlap)
     cols = _spans(width, side, overlap)
-    return tuple(Tile(t, l, h, w) for t, h in rows for l, w in cols)
+    return tuple(Tile(top, left, h, w) for top, h in rows for left, w in cols)
 
 
 def _spans(length: int, side: int, overlap: int) -> list[tuple[int, int]]:

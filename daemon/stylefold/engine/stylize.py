@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .features import FeatureExtractor
 from .losses import content_loss, gram_matrix, style_loss, tv_loss
+from .steps import StepInfo
 
 __all__ = [
     "EngineError",
@@ -51,35 +52,23 @@ class EngineError(Exception):
 
 @dataclass(frozen=True)
 class StyleParams:
-    """Everything the loop needs, already validated and resolved (no ``auto``)."""
+    """Everything the loop needs, already validated and resolved (no ``auto``). No
+    defaults: the preset model holds them (its defaults are the chapter's numbers)."""
 
     style_layers: LayerWeights
     content_layers: LayerWeights
-    style_weight: float = 1e6
-    content_weight: float = 1.0
-    tv_weight: float = 0.0
-    steps: int = 300
-    lr: float = 0.1
-    optimizer: Literal["adam", "lbfgs"] = "adam"
-    init: Literal["noise", "content", "style"] = "noise"
-    pooling: Literal["avg", "max"] = "avg"
-    normalize: bool = False
-    seed: int = 0
-    precision: Precision = "fp32"
-    snapshot_every: int = 0
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """One row of the loss log: the weighted losses before the step's update."""
-
-    step: int
+    style_weight: float
+    content_weight: float
+    tv_weight: float
     steps: int
-    style_loss: float
-    content_loss: float
-    tv_loss: float
-    total_loss: float
-    elapsed_s: float
+    lr: float
+    optimizer: Literal["adam", "lbfgs"]
+    init: Literal["noise", "content", "style"]
+    pooling: Literal["avg", "max"]
+    normalize: bool
+    seed: int
+    precision: Precision
+    snapshot_every: int
 
 
 @dataclass
@@ -162,31 +151,14 @@ def stylize(
     device = extractor.device
     if params.precision == "fp16" and device.type == "cpu":
         raise EngineError("precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
-    # channels_last makes oneDNN/cuDNN pick their fast NHWC kernels (measured ~15% per
-    # step on the CPU); the optimised image itself stays contiguous for the optimisers.
-    memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
     content = content.to(device, torch.float32).contiguous()
-    style_weights = dict(params.style_layers)
-    content_weights = dict(params.content_layers)
-    layers = frozenset(style_weights) | frozenset(content_weights)
-
-    def features(image: torch.Tensor) -> dict[str, torch.Tensor]:
-        with _autocast(device, params.precision):
-            x = _normalize(image, params.normalize).contiguous(memory_format=memory_format)
-            return extractor(x, layers, params.pooling)
-
-    with torch.no_grad():
-        content_targets = {name: act.float() for name, act in features(content).items() if name in content_weights}
-        style_targets = _blended_style_targets(extractor, styles, params, device, style_cache, features)
-
+    objective = _objective(extractor, content, styles, params, style_cache)
     if init_image is not None and resume is None:
         image = init_image.to(device, torch.float32).clone()
     else:
         image = _initial_image(content, styles, params, resume)
     image.requires_grad_(True)
-    optimizer = _make_optimizer(image, params)
-    if resume is not None:
-        optimizer.load_state_dict(resume.optimizer_state)
+    optimizer = _make_optimizer(image, params, resume)
     scaler = torch.amp.GradScaler(device.type) if params.precision == "fp16" else None
 
     history: list[StepInfo] = []
@@ -194,45 +166,15 @@ def stylize(
     first_step = resume.step + 1 if resume else 1
     step = first_step - 1
     stopped = False
-
-    parts: list[torch.Tensor] = []  # the weighted losses of the latest evaluation
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        feats = features(image)
-        zero = image.new_zeros(())
-        # Sum the per-layer losses, then weight, in the chapter's order of operations.
-        s = sum((w * style_loss(feats[n], style_targets[n]) for n, w in style_weights.items()), zero)
-        c = sum((w * content_loss(feats[n], content_targets[n]) for n, w in content_weights.items()), zero)
-        t = tv_loss(image) if params.tv_weight else zero
-        s, c, t = s * params.style_weight, c * params.content_weight, t * params.tv_weight
-        total = s + c + t
-        parts[:] = [s.detach(), c.detach(), t.detach(), total.detach()]
-        (scaler.scale(total) if scaler else total).backward()
-        return total
-
     for step in range(first_step, params.steps + 1):
         if should_stop is not None and should_stop():
             stopped = True
             step -= 1
             break
-        with torch.no_grad():
-            image.clamp_(0, 1)  # the chapter clamps before each step
-        if params.optimizer == "lbfgs":
-            optimizer.step(closure)
-        else:
-            closure()
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-        s, c, t, total = torch.stack(parts).float().tolist()
+        s, c, t, total = _step(image, optimizer, objective, params, scaler)
         if not all(map(_finite, (s, c, t, total))):
-            raise EngineError(
-                f"the loss became {total} at step {step}: the optimisation diverged; "
-                "lower lr or the loss weights, or use precision fp32"
-            )
+            raise EngineError(f"the loss became {total} at step {step}: the optimisation diverged; "
+                              "lower lr or the loss weights, or use precision fp32")
         info = StepInfo(step, params.steps, s, c, t, total, time.perf_counter() - start)
         history.append(info)
         if on_step is not None:
@@ -246,6 +188,79 @@ def stylize(
     result_image = _final(image)
     state = EngineState(step=step, image=image.detach().to("cpu", copy=True), optimizer_state=optimizer.state_dict())
     return StyleResult(image=result_image, history=history, stopped=stopped, state=state)
+
+
+@dataclass
+class _Objective:
+    """The chapter's weighted loss of an image, from one forward pass through every
+    tapped layer; the targets were computed once, before the first step."""
+
+    features: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    content_targets: dict[str, torch.Tensor]
+    style_targets: dict[str, torch.Tensor]
+    params: StyleParams
+    parts: list[torch.Tensor] = field(default_factory=list)  # weighted losses of the latest evaluation
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        feats = self.features(image)
+        zero = image.new_zeros(())
+        # Sum the per-layer losses, then weight, in the chapter's order of operations.
+        s = sum((w * style_loss(feats[n], self.style_targets[n]) for n, w in dict(p.style_layers).items()), zero)
+        c = sum((w * content_loss(feats[n], self.content_targets[n]) for n, w in dict(p.content_layers).items()),
+                zero)
+        t = tv_loss(image) if p.tv_weight else zero
+        s, c, t = s * p.style_weight, c * p.content_weight, t * p.tv_weight
+        total = s + c + t
+        self.parts[:] = [s.detach(), c.detach(), t.detach(), total.detach()]
+        return total
+
+
+def _objective(extractor: FeatureExtractor, content: torch.Tensor, styles: Sequence[tuple[torch.Tensor, float]],
+               params: StyleParams, style_cache: StyleTargetCache | None) -> _Objective:
+    device = extractor.device
+    # channels_last makes oneDNN/cuDNN pick their fast NHWC kernels (measured ~15% per
+    # step on the CPU); the optimised image itself stays contiguous for the optimisers.
+    memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+    content_weights = dict(params.content_layers)
+    layers = frozenset(dict(params.style_layers)) | frozenset(content_weights)
+
+    def features(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        with _autocast(device, params.precision):
+            x = _normalize(image, params.normalize).contiguous(memory_format=memory_format)
+            taps: dict[str, torch.Tensor] = extractor(x, layers, params.pooling)
+            return taps
+
+    with torch.no_grad():
+        content_targets = {name: act.float() for name, act in features(content).items() if name in content_weights}
+        style_targets = _blended_style_targets(extractor, styles, params, device, style_cache, features)
+    return _Objective(features, content_targets, style_targets, params)
+
+
+def _step(image: torch.Tensor, optimizer: torch.optim.Optimizer, objective: _Objective, params: StyleParams,
+          scaler: torch.amp.GradScaler | None) -> list[float]:
+    """One optimisation step: one forward and one backward. Returns the weighted
+    losses (style, content, tv, total) of the image before the update."""
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        total = objective(image)
+        (scaler.scale(total) if scaler else total).backward()  # type: ignore[no-untyped-call]
+        return total
+
+    with torch.no_grad():
+        image.clamp_(0, 1)  # the chapter clamps before each step
+    if params.optimizer == "lbfgs":
+        optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS takes a tensor-returning closure
+    else:
+        closure()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+    losses: list[float] = torch.stack(objective.parts).float().tolist()
+    return losses
 
 
 def _blended_style_targets(
@@ -294,14 +309,19 @@ def _initial_image(
     return torch.randn(content.shape, generator=generator).to(content.device)
 
 
-def _make_optimizer(image: torch.Tensor, params: StyleParams) -> torch.optim.Optimizer:
+def _make_optimizer(image: torch.Tensor, params: StyleParams, resume: EngineState | None) -> torch.optim.Optimizer:
+    optimizer: torch.optim.Optimizer
     if params.optimizer == "lbfgs":
         if params.precision == "fp16":
             raise EngineError("optimizer lbfgs does not support precision fp16; use bf16 or fp32")
         # max_iter=1: one function evaluation per step, so steps mean the same thing
         # for both optimisers (L-BFGS keeps its history across step() calls).
-        return torch.optim.LBFGS([image], lr=params.lr, max_iter=1, history_size=50)
-    return torch.optim.Adam([image], lr=params.lr)
+        optimizer = torch.optim.LBFGS([image], lr=params.lr, max_iter=1, history_size=50)
+    else:
+        optimizer = torch.optim.Adam([image], lr=params.lr)
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer_state)
+    return optimizer
 
 
 def _normalize(image: torch.Tensor, normalize: bool) -> torch.Tensor:

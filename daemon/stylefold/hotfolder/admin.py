@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write
-from .config import CONFIG_NAME
-from .folders import PRESET_FILE, HotFolder, is_ignored, is_image
-from .jobs import JobState, Journal
+from ..config import CONFIG_NAME
+from ..fsops import atomic_write, free_names
+from .journal import JobState, Journal
+from .layout import PRESET_FILE, HotFolder, is_ignored, is_image
 
 __all__ = ["CONFIG_TEMPLATE", "init_root", "status_report", "submit_files"]
 
@@ -96,15 +96,13 @@ def submit_files(images: Sequence[Path], root: Path, preset: str | None = None) 
 
 
 def _free_name(folder: Path, name: str, *, with_sidecar: bool) -> str:
-    stem, suffix = Path(name).stem, Path(name).suffix
-    for n in range(1, 10_000):
-        candidate = name if n == 1 else f"{stem}-{n}{suffix}"
-        sidecar = folder / f"{Path(candidate).stem}.json"
+    suffix = Path(name).suffix
+    for stem in free_names(Path(name).stem):
         # A photo named preset.* would get a sidecar named preset.json: the folder's preset.
-        if with_sidecar and Path(candidate).stem.lower() == "preset":
+        if with_sidecar and stem.lower() == "preset":
             continue
-        if not (folder / candidate).exists() and not (with_sidecar and sidecar.exists()):
-            return candidate
+        if not (folder / f"{stem}{suffix}").exists() and not (with_sidecar and (folder / f"{stem}.json").exists()):
+            return f"{stem}{suffix}"
     raise FileExistsError(f"no free name for {name} in {folder}")
 
 
@@ -123,7 +121,8 @@ def status_report(root: Path, recent: int = 10) -> dict[str, Any]:
         for dirpath, dirnames, filenames in os.walk(hot.inbox):
             dirnames[:] = [d for d in dirnames if not is_ignored(d)]
             for name in filenames:
-                if not is_ignored(name) and name.lower() != PRESET_FILE and (is_image(name) or not name.endswith(".json")):
+                counted = is_image(name) or not name.endswith(".json")
+                if counted and not is_ignored(name) and name.lower() != PRESET_FILE:
                     waiting.append(hot.relative(Path(dirpath) / name))
     report: dict[str, Any] = {"root": str(hot.root.absolute()), "waiting": sorted(waiting), "running": [],
                               "recent_done": [], "recent_failed": [], "counts": {}}

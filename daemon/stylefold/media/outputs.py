@@ -19,13 +19,12 @@ from typing import Any
 
 from PIL import Image
 
+from ..fsops import MAX_NAME_ATTEMPTS, free_names, write_atomic
 from . import imageio, render
-from .atomic import atomic_write
 
-__all__ = ["CSV_HEADER", "OutputPaths", "publish_result", "write_atomic", "write_logs"]
+__all__ = ["CSV_HEADER", "OutputPaths", "base_name", "losses_csv", "publish_result", "write_logs"]
 
 CSV_HEADER = ("step", "style_loss", "content_loss", "tv_loss", "total_loss", "elapsed_s")
-MAX_NAME_ATTEMPTS = 10_000
 MAX_SHEET_CELLS = 24
 MAX_BASE_CHARS = 150  # leaves room for "-N", ".losses.csv" and temp names in 255 bytes
 
@@ -72,8 +71,7 @@ def publish_result(image: Image.Image, outbox: Path, logs: Path, base: str, ext:
     paths of that name. Nothing that exists is ever overwritten. ``before_link`` is told
     each name just before it is tried, so a crash right after the link can still find
     the name it used (one result per job, SPEC §6.3)."""
-    for n in range(1, MAX_NAME_ATTEMPTS + 1):
-        candidate = base if n == 1 else f"{base}-{n}"
+    for candidate in free_names(base):
         paths = OutputPaths.for_base(outbox, logs, candidate, ext)
         if paths.image.exists() or paths.logs_exist():
             continue
@@ -85,11 +83,6 @@ def publish_result(image: Image.Image, outbox: Path, logs: Path, base: str, ext:
             continue  # another process took this name between our check and the link
         return paths
     raise FileExistsError(f"no free output name for {base} after {MAX_NAME_ATTEMPTS} tries")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp name in the same folder, fsync, rename: readers see all of it or nothing."""
-    atomic_write(path, lambda f: f.write(data))
 
 
 def losses_csv(rows: Iterable[Mapping[str, float]]) -> bytes:

@@ -18,13 +18,14 @@ import logging
 import os
 import threading
 from collections import Counter
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .folders import PRESET_FILE, HotFolder, is_ignored, is_image
+from ..failures import FailureKind
+from .layout import PRESET_FILE, HotFolder, is_ignored, is_image
+from .origins import DefaultPreset, FolderPreset, NamedPreset, Origin, Rejected, SidecarPreset
 
 __all__ = ["Candidate", "Inbox", "InboxWatcher"]
 
@@ -33,17 +34,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Candidate:
-    """A settled file and how its preset was found.
-
-    ``origin``: ``{"kind": "sidecar"}``, ``{"kind": "folder", "file": ...}``,
-    ``{"kind": "named", "name": SUB}``, ``{"kind": "default", "name": ...}``,
-    ``{"kind": "none"}`` (no preset after ``pair_timeout_s``), ``{"kind": "unsupported"}``
-    (not an image) or ``{"kind": "orphan_sidecar"}`` (a NAME.json whose image never came).
-    """
+    """A settled file, its sidecar (which moves with it, whatever becomes of it) and
+    where its preset comes from."""
 
     path: Path
     sidecar: Path | None
-    origin: dict[str, Any]
+    origin: Origin
     source: str  # path relative to the inbox
 
 
@@ -102,7 +98,8 @@ class Inbox:
         # number of files even when thousands arrive at once.
         self._sidecars = {(p.parent, p.stem): p for p in self._seen
                           if p.suffix.lower() == ".json" and p.name.lower() != PRESET_FILE}
-        self._images = Counter((p.parent, p.stem) for p in self._seen if is_image(p.name))
+        # Any file but a .json has its sidecar (x.gif + x.json fail together).
+        self._images = Counter((p.parent, p.stem) for p in self._seen if p.suffix.lower() != ".json")
         # preset.json in any case (Preset.json from a Windows share is the same file).
         self._folder_presets = {p.parent: p for p in self._seen if p.name.lower() == PRESET_FILE}
         for path, seen in sorted(self._seen.items(), key=lambda kv: kv[1].changed):
@@ -124,26 +121,30 @@ class Inbox:
         if name.lower().endswith(".json"):
             if name.lower() == PRESET_FILE or self._has_image(path) or not timed_out:
                 return None  # a folder preset, a sidecar waiting for its image's turn
-            return Candidate(path, None, {"kind": "orphan_sidecar"}, source)
-        if not is_image(name):
-            return Candidate(path, None, {"kind": "unsupported"}, source)
+            return Candidate(path, None, Rejected(failure=FailureKind.NO_IMAGE), source)
         sidecar = self._sidecar_for(path)
+        if sidecar is not None and not self._settled(self._seen[sidecar], now):
+            return None  # wait for the sidecar to be complete
+        if not is_image(name):
+            # x.gif + x.json: the sidecar fails with its file, it does not stay behind
+            # (unless an x.jpg beside them still needs it).
+            mine = sidecar if not self.shares_sidecar(path) else None
+            return Candidate(path, mine, Rejected(failure=FailureKind.UNSUPPORTED_FILE), source)
         if sidecar is not None:
-            if not self._settled(self._seen[sidecar], now):
-                return None  # wait for the sidecar to be complete
-            return Candidate(path, sidecar, {"kind": "sidecar", "file": sidecar.name}, source)
+            return Candidate(path, sidecar, SidecarPreset(file=sidecar.name, shared=self.shares_sidecar(path)),
+                             source)
         folder_preset = self._folder_presets.get(path.parent)
         if folder_preset is not None:
             if not self._settled(self._seen[folder_preset], now):
                 return None
-            return Candidate(path, None, {"kind": "folder", "file": str(folder_preset)}, source)
+            return Candidate(path, None, FolderPreset(file=self.hot.relative(folder_preset)), source)
         parts = Path(source).parts
         if len(parts) > 1 and self.has_preset(parts[0]):
-            return Candidate(path, None, {"kind": "named", "name": parts[0]}, source)
+            return Candidate(path, None, NamedPreset(name=parts[0]), source)
         if self.default_preset:
-            return Candidate(path, None, {"kind": "default", "name": self.default_preset}, source)
+            return Candidate(path, None, DefaultPreset(name=self.default_preset), source)
         if timed_out:
-            return Candidate(path, None, {"kind": "none"}, source)
+            return Candidate(path, None, Rejected(failure=FailureKind.NO_PRESET), source)
         return None
 
     def _sidecar_for(self, image: Path) -> Path | None:
@@ -214,7 +215,6 @@ class InboxWatcher:
         self.poll = poll
         self.poll_interval_s = poll_interval_s
         self._observer: Any = None
-        self.restarts = 0
         # False when the observer could not start at all (inotify limits): scans alone.
         self.enabled = True
 
@@ -248,7 +248,6 @@ class InboxWatcher:
         """Restart a watcher thread that died; scans cover what it missed meanwhile."""
         if self._observer is not None and not self._observer.is_alive():
             logger.warning("file watcher thread died; restarting it")
-            self.restarts += 1
             self.stop()
             self.start()
             self.wake.set()
@@ -262,6 +261,3 @@ class InboxWatcher:
                 pass
             self._observer = None
 
-
-def monotonic() -> float:
-    return time.monotonic()

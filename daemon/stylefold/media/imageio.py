@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from .atomic import atomic_write
+from ..failures import FailureKind, JobFailure
+from ..fsops import atomic_write
 
 __all__ = [
     "ImageError", "ImageTooLarge", "LoadedImage", "fit_short_side",
@@ -61,16 +62,16 @@ _SAME_EXTENSIONS = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".tif": ".t
 _ICC_MODES = {"RGB": "RGB", "CMYK": "CMYK", "GRAY": "L"}
 
 
-class ImageError(Exception):
-    """An input image that cannot be used. `kind` is the failure kind of SPEC §5."""
+class ImageError(JobFailure):
+    """An input image that cannot be used."""
 
-    kind: str = "unreadable_image"
+    kind = FailureKind.UNREADABLE_IMAGE
 
 
 class ImageTooLarge(ImageError):
     """An input whose pixel count is above the configured limit."""
 
-    kind = "too_large"
+    kind = FailureKind.TOO_LARGE
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _decode(path: Path, max_pixels: int) -> LoadedImage:
         raise ImageTooLarge(
             f"{path.name} is larger than the limit of {max_pixels:,} pixels ({exc})"
         ) from exc
-    except Image.UnidentifiedImageError as exc:
+    except UnidentifiedImageError as exc:
         raise ImageError(f"{path.name} is not an image format that can be read.") from exc
     except _DECODE_ERRORS as exc:
         raise ImageError(f"{path.name} could not be read or decoded: {exc}.") from exc

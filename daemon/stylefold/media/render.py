@@ -172,11 +172,7 @@ def loss_plot(
     legend_y = top
     top += text_h + 14 * k
 
-    lo, hi, x_min, x_max = 0, 1, 0.0, 1.0
-    if usable:
-        lo = math.floor(math.log10(min(p[1] for p in usable)))
-        hi = max(math.ceil(math.log10(max(p[1] for p in usable))), lo + 1)
-        x_min, x_max = min(p[0] for p in usable), max(p[0] for p in usable)
+    lo, hi, x_min, x_max = _ranges(usable)
     if single_step := x_min == x_max:
         x_min, x_max = x_min - 1, x_max + 1
     labels = _y_labels(lo, hi).values() if usable else []
@@ -198,15 +194,28 @@ def loss_plot(
         extra = 2 * k if key == "total_loss" else 0
         _draw_series(draw, frame, SERIES_COLOURS[key], series[key], line_width + extra)
 
-    # Legend, in one row under the title so it never hides a curve.
-    x = frame.left
-    for key in series:
-        mid = legend_y + text_h / 2 + k
+    _draw_legend(draw, list(series), frame.left, legend_y, text_h, font, k, line_width)
+    return image.resize(size, Image.Resampling.BOX)
+
+
+def _draw_legend(draw: Draw, keys: Sequence[str], x: float, y: float, text_h: int, font: Font, k: int,
+                 line_width: int) -> None:
+    """In one row under the title, so it never hides a curve."""
+    for key in keys:
+        mid = y + text_h / 2 + k
         draw.line([(x, mid), (x + 24 * k, mid)], fill=SERIES_COLOURS[key], width=line_width + k)
         name = key.removesuffix("_loss")
-        draw.text((x + 30 * k, legend_y), name, fill=_INK, font=font)
+        draw.text((x + 30 * k, y), name, fill=_INK, font=font)
         x += 54 * k + _text_size(draw, name, font)[0]
-    return image.resize(size, Image.Resampling.BOX)
+
+
+def _ranges(usable: Sequence[tuple[float, float]]) -> tuple[int, int, float, float]:
+    """Decades of the y axis (10**lo to 10**hi) and the steps of the x axis."""
+    if not usable:
+        return 0, 1, 0.0, 1.0
+    lo = math.floor(math.log10(min(p[1] for p in usable)))
+    hi = max(math.ceil(math.log10(max(p[1] for p in usable))), lo + 1)
+    return lo, hi, min(p[0] for p in usable), max(p[0] for p in usable)
 
 
 def progress_sheet(

@@ -10,30 +10,23 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-__all__ = ["ServeConsole", "StepLike", "StepReporter", "configure_logging", "console", "step_reporter"]
+from ..engine.steps import StepInfo
+from ..job.spec import JobSpec
+
+__all__ = ["ServeConsole", "StepReporter", "console", "is_interactive",
+           "step_reporter"]
 
 logger = logging.getLogger(__name__)
 
 _console: Console | None = None
-
-
-class StepLike(Protocol):
-    step: int
-    steps: int
-    total_loss: float
-    style_loss: float
-    content_loss: float
-    elapsed_s: float
 
 
 def console() -> Console:
@@ -49,27 +42,7 @@ def is_interactive() -> bool:
     return console().is_terminal and not os.environ.get("JOURNAL_STREAM")
 
 
-def configure_logging(verbose: int = 0) -> None:
-    """Called once, by the CLI: the only place logging is configured."""
-    level = logging.DEBUG if verbose > 0 else logging.INFO
-    root = logging.getLogger()
-    # Replace only our own handler (main() may run more than once in a process: tests).
-    for old in [h for h in root.handlers if getattr(h, "_stylefold", False)]:
-        root.removeHandler(old)
-    if is_interactive():
-        handler: logging.Handler = RichHandler(console=console(), show_path=False, rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler._stylefold = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    root.setLevel(level)
-    for noisy in ("PIL", "watchdog"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def rate_and_eta(info: StepLike) -> tuple[float, float]:
+def rate_and_eta(info: StepInfo) -> tuple[float, float]:
     """Steps per second so far and seconds left at that rate (NaN while unknown)."""
     rate = info.step / info.elapsed_s if info.elapsed_s > 0 else 0.0
     eta = (info.steps - info.step) / rate if rate > 0 else float("nan")
@@ -87,7 +60,7 @@ class StepReporter:
         self._log_every_s = log_every_s
         self._last_log = time.monotonic()
 
-    def __call__(self, info: StepLike) -> None:
+    def __call__(self, info: StepInfo) -> None:
         rate, eta = rate_and_eta(info)
         if self._progress is not None and self._task is not None:
             self._progress.update(
@@ -133,7 +106,7 @@ class ServeConsole:
         self._waiting = 0
         self._job: str | None = None
         self._steps = 0
-        self._info: StepLike | None = None
+        self._info: StepInfo | None = None
         self._recent: list[tuple[str, str, float]] = []
         self._last_log = 0.0
         self._live: Any = None
@@ -155,13 +128,14 @@ class ServeConsole:
         self._waiting = waiting
         self._refresh()
 
-    def job_started(self, name: str, preset: Any) -> None:
+    def job_started(self, name: str, spec: JobSpec) -> None:
+        preset = spec.preset
         self._job, self._steps, self._info = name, preset.steps, None
         self._last_log = time.monotonic()
         logger.info("job start %s (%d steps, size %d)", name, preset.steps, preset.size)
         self._refresh()
 
-    def step(self, name: str, info: StepLike) -> None:
+    def step(self, name: str, info: StepInfo) -> None:
         self._info = info
         now = time.monotonic()
         if not self.interactive and now - self._last_log >= self.log_every_s:
@@ -195,8 +169,8 @@ class ServeConsole:
                 table.add_row(self._job, "starting", "", "")
             else:
                 rate, eta = rate_and_eta(info)
-                table.add_row(self._job, f"{info.step}/{info.steps}",
-                              f"total {info.total_loss:.4g} style {info.style_loss:.4g} content {info.content_loss:.4g}",
+                losses = f"total {info.total_loss:.4g} style {info.style_loss:.4g} content {info.content_loss:.4g}"
+                table.add_row(self._job, f"{info.step}/{info.steps}", losses,
                               f"{rate:.2f} steps/s, {eta if eta == eta else 0.0:.0f}s left")
         for name, outcome, seconds in self._recent:
             table.add_row(name, outcome, "", f"{seconds:.1f}s")

@@ -17,14 +17,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 __all__ = ["JobRecord", "JobState", "Journal"]
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
@@ -147,10 +147,6 @@ class Journal:
                        (json.dumps(progress), time.time(), job_id))
 
     # ------------------------------------------------------------ reads
-
-    def get(self, job_id: str) -> JobRecord | None:
-        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _record(row) if row else None
 
     def find_done(self, sha256: str, preset_key: str) -> JobRecord | None:
         """A finished job for the same bytes and the same effective preset."""

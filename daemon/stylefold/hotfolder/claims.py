@@ -1,7 +1,8 @@
 """Claiming a file from the inbox, so that exactly one process works on it.
 
 A claim is a folder ``.stylefold/work/<job id>/`` holding an exclusive ``flock`` on its
-``lock`` file, a ``job.json`` describing the job, and the original (plus its sidecar),
+``lock`` file, a ``job.json`` (``ClaimMeta``: where the file came from, its preset's
+origin, then the job description or the failure it met), and the original (plus its sidecar),
 moved into its ``original/`` subfolder with ``os.rename``. The subfolder keeps a photo
 named ``rendered.png`` or a sidecar named ``result.json`` apart from the job's own files
 of those names (a photo named like them was overwritten by its own render). The rename
@@ -24,12 +25,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
-from .folders import HotFolder, move_no_clobber
-from .outputs import write_atomic
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["Claim", "claim", "interrupted_claims"]
+from ..failures import FailureKind
+from ..fsops import move_no_clobber, write_atomic
+from ..job.spec import JobSpec
+from .layout import HotFolder
+from .origins import Origin, SidecarPreset
+
+__all__ = ["Claim", "ClaimMeta", "FailureNote", "FinalMove", "claim", "interrupted_claims"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +44,49 @@ LOCK_FILE = "lock"
 ORIGINALS = "original"
 
 
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FailureNote(_Model):
+    """A failure met before the job could run (its preset, its file)."""
+
+    kind: FailureKind
+    message: str
+
+
+class FinalMove(_Model):
+    """Where the image went when the job ended (its sidecar follows it there)."""
+
+    dest: Annotated[str, Field(pattern=r"^(done|failed)$")]
+    image: str
+
+
+class ClaimMeta(_Model):
+    source: str  # the image's path relative to the inbox, as dropped
+    name: str  # its file name in original/
+    origin: Origin
+    claimed_at: float
+    sidecar: str | None = None
+    spec: JobSpec | None = None
+    failure: FailureNote | None = None
+    final: FinalMove | None = None
+
+    def to_bytes(self) -> bytes:
+        # json.dumps, not pydantic's JSON: a Linux file name that is not UTF-8 reaches
+        # Python with surrogate escapes, which json.dumps keeps and pydantic refuses.
+        return json.dumps(self.model_dump(mode="json"), indent=2).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ClaimMeta:
+        return cls.model_validate(json.loads(raw))
+
+
 @dataclass
 class Claim:
     job_id: str
     folder: Path
-    meta: dict[str, Any]
+    meta: ClaimMeta
     _lock_fd: int | None = field(default=None, repr=False)
 
     @property
@@ -51,11 +95,11 @@ class Claim:
 
     @property
     def image(self) -> Path:
-        return self.originals / self.meta["name"]
+        return self.originals / self.meta.name
 
     @property
     def sidecar(self) -> Path | None:
-        name = self.meta.get("sidecar")
+        name = self.meta.sidecar
         return self.originals / name if name else None
 
     @property
@@ -63,7 +107,7 @@ class Claim:
         return self.folder / "checkpoint.pt"
 
     def save_meta(self) -> None:
-        write_atomic(self.folder / JOB_FILE, json.dumps(self.meta, indent=2).encode())
+        write_atomic(self.folder / JOB_FILE, self.meta.to_bytes())
 
     def release(self) -> None:
         """Give up the lock, leaving the folder for a later resume."""
@@ -77,8 +121,7 @@ class Claim:
         originals = self.originals
         if originals.is_dir() and any(originals.iterdir()):
             logger.error("claim %s finished with originals still in it; returning them", self.job_id)
-            source = self.meta.get("source")
-            dest = self.folder.parent.parent.parent / "inbox" / (Path(source).parent if source else Path())
+            dest = self.folder.parent.parent.parent / "inbox" / Path(self.meta.source).parent
             for path in list(originals.iterdir()):
                 if path.is_file():
                     move_no_clobber(path, dest)
@@ -99,7 +142,7 @@ def _lock(folder: Path) -> int | None:
     return fd
 
 
-def claim(hot: HotFolder, image: Path, sidecar: Path | None, meta: dict[str, Any]) -> Claim | None:
+def claim(hot: HotFolder, image: Path, sidecar: Path | None, source: str, origin: Origin) -> Claim | None:
     """Move ``image`` (and ``sidecar``) from the inbox into a new locked work folder.
     None if the file is gone (another daemon took it, or the user did)."""
     job_id = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
@@ -110,7 +153,8 @@ def claim(hot: HotFolder, image: Path, sidecar: Path | None, meta: dict[str, Any
     fd = _lock(building)
     if fd is None:
         raise RuntimeError(f"could not lock the new claim folder {building}")
-    result = Claim(job_id, building, {**meta, "name": image.name, "sidecar": None, "claimed_at": time.time()}, fd)
+    meta = ClaimMeta(source=source, name=image.name, origin=origin, claimed_at=time.time())
+    result = Claim(job_id, building, meta, fd)
     # job.json first: a folder with job.json but no image is a claim that never happened.
     result.save_meta()
     result.folder = hot.work / job_id
@@ -123,13 +167,13 @@ def claim(hot: HotFolder, image: Path, sidecar: Path | None, meta: dict[str, Any
     if sidecar is not None:
         # Recorded first: a crash between these two lines must not leave a sidecar in
         # the claim that job.json does not know of.
-        result.meta["sidecar"] = sidecar.name
+        result.meta.sidecar = sidecar.name
         result.save_meta()
         try:
             os.rename(sidecar, result.originals / sidecar.name)
         except FileNotFoundError:
             logger.warning("sidecar %s vanished while claiming %s", sidecar, image)
-            result.meta["sidecar"] = None
+            result.meta.sidecar = None
             result.save_meta()
     return result
 
@@ -147,16 +191,21 @@ def interrupted_claims(hot: HotFolder) -> Iterator[Claim]:
         if fd is None:
             continue  # a live process is working on it
         try:
-            meta = json.loads((folder / JOB_FILE).read_bytes())
-        except (OSError, ValueError):
+            meta: ClaimMeta | None = ClaimMeta.from_bytes((folder / JOB_FILE).read_bytes())
+        except (OSError, ValueError, ValidationError):
             meta = None
-        found = Claim(folder.name, folder, meta or {}, fd)
-        if meta is None or not found.image.is_file():
+        if meta is None or not (folder / ORIGINALS / meta.name).is_file():
             _return_strays(hot, folder, meta)
-            found.finish()
+            _remove(folder, fd)
             continue
+        found = Claim(folder.name, folder, meta, fd)
         _fetch_sidecar(hot, found)
         yield found
+
+
+def _remove(folder: Path, fd: int) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    os.close(fd)
 
 
 def _remove_abandoned_build(folder: Path) -> None:
@@ -178,40 +227,40 @@ def _fetch_sidecar(hot: HotFolder, found: Claim) -> None:
     """Finish a claim interrupted between moving the image and moving its sidecar: the
     job was paired with a sidecar that is still in the inbox. Without this the resumed
     job had no preset (failed ``no_preset``) and its sidecar failed later as an orphan."""
-    origin = found.meta.get("origin") or {}
-    if origin.get("kind") != "sidecar" or not origin.get("file"):
+    origin = found.meta.origin
+    if not isinstance(origin, SidecarPreset) or origin.shared:
         return
-    if found.meta.get("sidecar") and (found.originals / found.meta["sidecar"]).exists():
+    if found.sidecar is not None and found.sidecar.exists():
         return
-    name = Path(origin["file"]).name
-    left_behind = hot.inbox / Path(found.meta.get("source", name)).parent / name
+    name = Path(origin.file).name
+    left_behind = hot.inbox / Path(found.meta.source).parent / name
     try:
         os.rename(left_behind, found.originals / name)
     except FileNotFoundError:
         return  # taken away meanwhile: the job fails no_preset, saying so
-    found.meta["sidecar"] = name
+    found.meta.sidecar = name
     found.save_meta()
-    logger.info("moved %s into the interrupted claim of %s", left_behind, found.meta.get("source"))
+    logger.info("moved %s into the interrupted claim of %s", left_behind, found.meta.source)
 
 
-def _return_strays(hot: HotFolder, folder: Path, meta: dict[str, Any] | None) -> None:
+def _return_strays(hot: HotFolder, folder: Path, meta: ClaimMeta | None) -> None:
     """Put back any original in a broken claim folder, so nothing is ever lost: only
     what is in ``original/`` (the job's own rendered.png, result.json... were handed to
     the inbox as photos and sidecars before), and under a free name (a name taken in the
     inbox meanwhile left the original to be deleted with the folder)."""
-    source_dir = hot.inbox / Path(meta["source"]).parent if meta and meta.get("source") else hot.inbox
+    source_dir = hot.inbox / Path(meta.source).parent if meta is not None else hot.inbox
     originals = folder / ORIGINALS
     if not originals.is_dir():
         return
     # The image already went to done/ or failed/ (a crash while moving originals out):
     # what is left (its sidecar) follows it there, under the image's new stem.
-    final = (meta or {}).get("final")
+    final = meta.final if meta is not None else None
     for path in originals.iterdir():
         if not path.is_file():
             continue
         if final:
-            dest = hot.root / final["dest"]
-            moved = move_no_clobber(path, dest, f"{Path(final['image']).stem}{path.suffix}")
+            dest = hot.root / final.dest
+            moved = move_no_clobber(path, dest, f"{Path(final.image).stem}{path.suffix}")
             logger.warning("moved %s of a finished claim to %s", path.name, moved)
         else:
             returned = move_no_clobber(path, source_dir)

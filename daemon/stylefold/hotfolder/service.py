@@ -2,33 +2,41 @@
 
 ``run_once()`` handles one job (an interrupted claim first, then the oldest ready
 file); ``run()`` repeats it until stopped; ``run(once=True)`` drains the inbox and
-returns (what ``serve --once`` and the tests use). Signal handlers live in the CLI and
-only call ``request_stop()``: the running job then stops at its next step, checkpoints
-and the loop returns.
+returns (what ``serve --once`` and the tests use). Claiming a file makes its job
+description (``describe``); running it is the ``JobRunner``'s business (the local
+worker, handed in by the CLI, so this module never loads torch).
+
+Signals: ``install_signal_handlers`` makes SIGTERM and SIGINT set the stop flag and
+nothing else; the running job stops at its next step, checkpoints and the loop
+returns. A second signal is the cold stop: the process exits at once (130), and the
+claim, whose lock the kernel drops, resumes from its last checkpoint at the next start.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
+from ..config import Config
+from ..engine.steps import StepInfo
+from ..job.spec import Caps, JobSpec
+from ..presets import PresetLibrary
 from .claims import Claim, claim, interrupted_claims
-from .config import Config
-from .engine import StepInfo
-from .folders import HotFolder
-from .jobs import Journal
-from .pipeline import Stylist
-from .presets import Preset, PresetError, PresetLibrary, read_preset_json
+from .describe import describe
+from .journal import Journal
+from .layout import HotFolder
+from .origins import SidecarPreset
+from .runner import JobEnd, JobEvents, JobRunner
 from .sdnotify import WatchdogGate
 from .watcher import Candidate, Inbox, InboxWatcher
-from .worker import JobEvents, Outcome, Worker
 
-__all__ = ["Service", "ServiceView"]
+__all__ = ["Service", "ServiceView", "caps_of", "install_signal_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +45,7 @@ class ServiceView(Protocol):
     """What the console (rich live view or log lines) is told."""
 
     def queue(self, waiting: int) -> None: ...
-    def job_started(self, name: str, preset: Preset) -> None: ...
+    def job_started(self, name: str, spec: JobSpec) -> None: ...
     def step(self, name: str, info: StepInfo) -> None: ...
     def job_ended(self, name: str, outcome: str, seconds: float) -> None: ...
 
@@ -49,27 +57,46 @@ class Notifier(Protocol):
     def stopping(self) -> bool: ...
 
 
+def install_signal_handlers(stop: threading.Event, on_stop: Callable[[], None] = lambda: None) -> None:
+    """SIGTERM/SIGINT: the first sets ``stop`` (warm stop), a second exits at once."""
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+        on_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+
+def caps_of(config: Config) -> Caps:
+    return Caps(max_steps=config.max_steps, max_size=config.max_size, max_input_pixels=config.max_input_pixels,
+                memory_budget_mb=config.memory_budget_mb)
+
+
 @dataclass
 class Service:
     config: Config
-    stylist: Stylist
+    hot: HotFolder
+    journal: Journal
+    runner: JobRunner
     view: ServiceView | None = None
     notifier: Notifier | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
     counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.hot = HotFolder(self.config.root)
         self.hot.ensure()
-        self.journal = Journal(self.hot.journal)
         self.library = PresetLibrary.for_config(self.config)
+        self.caps = caps_of(self.config)
         self.inbox = Inbox(self.hot, self.config.settle_s, self.config.pair_timeout_s,
                            has_preset=lambda name: self.library.find(name) is not None,
                            default_preset=self.config.default_preset)
         self.wake = threading.Event()
         self.watcher = InboxWatcher(self.inbox, self.wake, poll=self.config.poll)
-        self.worker = Worker(self.hot, self.journal, self.stylist, self.library, self.config.checkpoint_every,
-                             JobEvents(on_start=self._on_start, on_step=self._on_step))
-        self._stop = threading.Event()
+        self.runner.events = JobEvents(on_start=self._on_start, on_step=self._on_step)
+        self._stop = self.stop
         self.gate = WatchdogGate(["watcher", "worker"])
         self._last_reconcile = 0.0
         self._last_ping = 0.0
@@ -106,7 +133,7 @@ class Service:
             self.watcher.stop()
             summary = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "no jobs"
             logger.info("stopped: %s", summary)
-        return 1 if once and self.counts.get(Outcome.FAILED.value) else 0
+        return 1 if once and self.counts.get(JobEnd.FAILED.value) else 0
 
     def run_once(self) -> bool:
         """Handle one job if there is one; True if one was handled."""
@@ -115,7 +142,7 @@ class Service:
             self._last_reconcile = now
             interrupted = next(interrupted_claims(self.hot), None)
             if interrupted is not None:
-                logger.info("resuming interrupted job %s (%s)", interrupted.job_id, interrupted.meta.get("source"))
+                logger.info("resuming interrupted job %s (%s)", interrupted.job_id, interrupted.meta.source)
                 self._last_reconcile = 0.0  # look again right after: there may be more
                 self._work(interrupted)
                 return True
@@ -130,20 +157,16 @@ class Service:
     # ------------------------------------------------------------ internals
 
     def _claim(self, candidate: Candidate) -> Claim | None:
-        origin = dict(candidate.origin)
-        if origin["kind"] == "folder":
-            # Snapshot the folder's preset.json now: it stays in the inbox for the next photo.
-            origin.update(_snapshot_preset(Path(origin["file"])))
+        """Claim the file and describe its job, snapshotting its preset now."""
         sidecar = candidate.sidecar
-        if sidecar is not None and self.inbox.shares_sidecar(candidate.path):
+        if isinstance(candidate.origin, SidecarPreset) and candidate.origin.shared:
             # SPEC §3: NAME.json applies to every NAME.EXT; the last image takes the file.
-            origin.update(_snapshot_preset(sidecar))
             sidecar = None
         self.inbox.forget(candidate.path)
         if sidecar is not None:
             self.inbox.forget(sidecar)
         try:
-            taken = claim(self.hot, candidate.path, sidecar, {"source": candidate.source, "origin": origin})
+            taken = claim(self.hot, candidate.path, sidecar, candidate.source, candidate.origin)
         except OSError as exc:
             # EXDEV: the inbox is another filesystem (a mounted share) and cannot be
             # claimed by rename. The file stays where it is; `stylefold doctor` says why.
@@ -158,11 +181,14 @@ class Service:
         return taken
 
     def _work(self, job: Claim) -> None:
+        if job.meta.spec is None and job.meta.failure is None:
+            # A fresh claim, or one interrupted before its description was written.
+            describe(job, self.hot, self.library, self.caps)
         started = time.monotonic()
-        name = job.meta.get("source", job.job_id)
+        name = job.meta.source
         self._current = name
         try:
-            outcome = self.worker.run(job, should_stop=self._stop.is_set)
+            outcome = self.runner.run(job, should_stop=self._stop.is_set)
         finally:
             self._current = None
         self.counts[outcome.value] = self.counts.get(outcome.value, 0) + 1
@@ -184,13 +210,13 @@ class Service:
         self.wake.wait(max(0.05, min(waits)))
         self.wake.clear()
 
-    def _on_start(self, job: Claim, preset: Preset) -> None:
+    def _on_start(self, job: Claim, spec: JobSpec) -> None:
         if self.view is not None:
-            self.view.job_started(job.meta.get("source", job.job_id), preset)
+            self.view.job_started(job.meta.source, spec)
 
     def _on_step(self, job: Claim, info: StepInfo) -> None:
         if self.view is not None:
-            self.view.step(job.meta.get("source", job.job_id), info)
+            self.view.step(job.meta.source, info)
         self._ping_watchdog()
         if info.step % 10 == 0 or info.step == info.steps:
             self._status(info)
@@ -230,13 +256,3 @@ class Service:
             method: Callable[..., bool] = getattr(self.notifier, what)
             method(*args)
 
-
-def _snapshot_preset(path: Path) -> dict[str, Any]:
-    """A preset file's contents for the claim, or the reason they cannot be used:
-    whatever the file holds fails its job, never the daemon."""
-    try:
-        return {"data": read_preset_json(path)}
-    except PresetError as exc:
-        return {"error": str(exc)}
-    except Exception as exc:
-        return {"error": f"{path.name}: unreadable preset ({exc})"}

@@ -32,4 +32,4 @@ def min_side(layers: Iterable[str]) -> int:
     still has a 2x2 window (each pooling halves the side; below 1 px torch fails)."""
     deepest = max((LAYER_NAMES.index(name) for name in layers), default=0)
     pools = sum(1 for name in LAYER_NAMES[:deepest] if name.startswith("pool"))
-    return 2**pools
+    return int(2**pools)

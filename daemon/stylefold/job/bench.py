@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .engine import FeatureExtractor, StyleParams, build_extractor, resolve_device, stylize, tune_cpu_allocator
-from .presets import PresetLibrary
-from .pipeline import _engine_params
+from ..engine.features import FeatureExtractor, build_extractor
+from ..engine.runtime import resolve_device, tune_cpu_allocator
+from ..engine.stylize import StyleParams, stylize
+from ..presets import PresetLibrary
+from .run import engine_params
 
 __all__ = ["BenchRow", "matmul_peak", "run_bench", "time_steps"]
 
@@ -69,7 +71,7 @@ def time_steps(extractor: FeatureExtractor, params: StyleParams, content: torch.
         stamps.append(time.perf_counter())
 
     stylize(extractor, content, [(style, 1.0)], run, on_step=on_step)
-    per_step = [b - a for a, b in zip(stamps[WARMUP_STEPS - 1:], stamps[WARMUP_STEPS:])]
+    per_step = [b - a for a, b in zip(stamps[WARMUP_STEPS - 1:], stamps[WARMUP_STEPS:], strict=False)]
     return statistics.median(per_step)
 
 
@@ -104,7 +106,7 @@ def run_bench(args: argparse.Namespace) -> int:
             content = torch.rand(1, 3, size, size * 4 // 3, generator=gen)
             style = torch.rand(1, 3, size, size, generator=gen)
             for precision in precisions:
-                params = _engine_params(preset, precision)
+                params = engine_params(preset, precision)
                 seconds = time_steps(extractor, params, content, style, args.steps)
                 flops = step_flops(extractor, params, content, style)
                 gflops = flops / seconds / 1e9

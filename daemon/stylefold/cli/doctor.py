@@ -7,6 +7,7 @@ imported only inside the device and weights checks, so the folder checks stay fa
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import logging
 import os
@@ -19,13 +20,13 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from .config import Config
-from .digest import sha256_file
-from .folders import HotFolder
+from ..config import Config, load_config
+from ..digest import sha256_file
+from ..hotfolder.layout import HotFolder
 
-__all__ = ["DEFAULT_UNIT_PATHS", "Check", "Status", "exit_code", "format_checks", "run_doctor"]
+__all__ = ["DEFAULT_UNIT_PATHS", "Check", "Status", "add_parser", "exit_code", "format_checks", "run_doctor"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,22 @@ MIN_INOTIFY_INSTANCES = 128
 WARN_FREE_BYTES = 2 * 1024**3
 FAIL_FREE_BYTES = 200 * 1024**2
 _GIB = 1024**3
+
+
+def add_parser(sub: Any) -> None:
+    doctor = sub.add_parser("doctor", help="check device, weights, folder permissions, inotify limits, disk space")
+    doctor.add_argument("--root", type=Path, default=None)
+    doctor.add_argument("--config", type=Path, default=None)
+    doctor.add_argument("--device", default=None)
+    doctor.add_argument("--weights", default=None)
+    doctor.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    config = load_config(args.config, {"root": args.root, "device": args.device, "weights": args.weights})
+    checks = run_doctor(config)
+    print(format_checks(checks))
+    return exit_code(checks)
 
 
 @dataclass(frozen=True)
@@ -94,7 +111,7 @@ def _guarded(name: str, step: Callable[[], _Result]) -> Check:
 
 
 def _check_versions() -> _Result:
-    from . import __version__
+    from .. import __version__
 
     found, missing = [f"python {platform.python_version()}"], []
     for dist in ("torch", "torchvision"):
@@ -111,7 +128,7 @@ def _check_versions() -> _Result:
 def _check_device(name: str) -> _Result:
     import torch
 
-    from .engine.runtime import resolve_device
+    from ..engine.runtime import resolve_device
 
     try:
         device = resolve_device(name)
@@ -179,7 +196,7 @@ def _check_weights_file(path: Path) -> _Result:
     fix = "give --weights a torchvision vgg19 state dict: torch.save(model.state_dict(), PATH)"
     if not path.is_file():
         return "FAIL", f"weights file {path} does not exist", fix
-    from .engine.features import WeightsError, load_vgg19_features
+    from ..engine.features import WeightsError, load_vgg19_features
 
     try:
         _, info = load_vgg19_features(path)

@@ -1,0 +1,106 @@
+"""The job description of a claimed file, made once, at claim time. Torch-free.
+
+Whatever the preset's origin (sidecar, folder ``preset.json``, folder name, default),
+its effective values are snapshotted into the claim's ``JobSpec`` together with the
+photo's and the styles' sha256: a preset edited, or a ``preset.json`` replaced, while
+the job waits or after a SIGTERM never changes the job. A file that cannot become a
+job gets a ``FailureNote`` instead, and the worker fails it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..digest import sha256_file
+from ..failures import FailureKind, JobFailure, classify
+from ..job.spec import Caps, JobSpec
+from ..presets import Preset, PresetError, PresetLibrary, read_preset_json
+from .claims import Claim, FailureNote
+from .layout import HotFolder
+from .origins import DefaultPreset, FolderPreset, NamedPreset, Rejected, SidecarPreset, describe_origin
+
+__all__ = ["describe"]
+
+logger = logging.getLogger(__name__)
+
+
+def describe(claim: Claim, hot: HotFolder, library: PresetLibrary, caps: Caps) -> None:
+    """Record the claim's ``spec`` (or its ``failure``) in its ``job.json``."""
+    try:
+        claim.meta.spec = _spec(claim, hot, library, caps)
+        claim.meta.failure = None
+    except Exception as exc:  # whatever the file or its preset holds fails its job, never the daemon
+        failure = classify(exc)
+        if failure.kind == FailureKind.INTERNAL and not isinstance(exc, JobFailure):
+            logger.exception("%s: describing the job failed", claim.meta.source)
+        claim.meta.failure = FailureNote(kind=failure.kind, message=failure.message)
+    claim.save_meta()
+
+
+def _spec(claim: Claim, hot: HotFolder, library: PresetLibrary, caps: Caps) -> JobSpec:
+    meta = claim.meta
+    if isinstance(meta.origin, Rejected):
+        raise JobFailure(_rejection(meta.origin, meta.source), kind=meta.origin.failure)
+    if claim.image.is_symlink():
+        # Never followed: a link could point at any file the daemon can read.
+        raise JobFailure(f"{meta.name} is a symbolic link; links are not followed, drop the file itself",
+                         kind=FailureKind.UNSUPPORTED_FILE)
+    try:
+        image_sha = sha256_file(claim.image)
+    except OSError as exc:  # unreadable (permissions): fail it, never crash-loop on it
+        raise JobFailure(f"{meta.name} cannot be read ({exc.strerror})", kind=FailureKind.UNREADABLE_IMAGE) from exc
+    preset = _preset(claim, hot, library)
+    try:
+        # The OS refusing a style path (a 300-character name is ENAMETOOLONG, an
+        # unreadable style file EACCES) is the style's failure, not the daemon's.
+        styles = [(library.resolve_style(ref.path), ref.weight) for ref in preset.style_refs()]
+        style_shas = [sha256_file(path) for path, _ in styles]
+    except OSError as exc:
+        style = Path(exc.filename).name[:80] if isinstance(exc.filename, str) else "the style"
+        raise JobFailure(f"{style}: cannot be opened ({exc.strerror or exc})",
+                         kind=FailureKind.STYLE_NOT_FOUND) from exc
+    return JobSpec.make(claim.job_id, claim.image, image_sha, preset, describe_origin(meta.origin),
+                        styles, caps, style_shas)
+
+
+def _preset(claim: Claim, hot: HotFolder, library: PresetLibrary) -> Preset:
+    origin, source = claim.meta.origin, claim.meta.source
+    if isinstance(origin, SidecarPreset):
+        # The sidecar moved into the claim; one shared by a.jpg and a.png stays in the
+        # inbox for the other image and is read there.
+        inbox_path = hot.inbox / Path(source).parent / origin.file
+        path = claim.sidecar if claim.sidecar is not None else inbox_path
+        return _from_file(library, path, _inbox_label(source, origin.file))
+    if isinstance(origin, FolderPreset):
+        return _from_file(library, hot.inbox / origin.file, f"inbox/{origin.file}")
+    if isinstance(origin, NamedPreset | DefaultPreset):
+        return library.load(origin.name)
+    raise JobFailure(f"no preset for {source}", kind=FailureKind.NO_PRESET)
+
+
+def _from_file(library: PresetLibrary, path: Path, label: str) -> Preset:
+    """Not ``library.load_file``: that treats the file's stem as a preset name in the
+    ``extends`` chain, so ``portrait.json`` beside ``portrait.jpg`` extending the
+    ``portrait`` preset failed as a loop. Errors name the file as the user dropped it
+    (``inbox/...``), not its path inside the claim folder."""
+    try:
+        data = read_preset_json(path)
+    except PresetError as exc:
+        raise PresetError(str(exc).replace(str(path), label)) from None
+    return library.from_data(data, label)
+
+
+def _inbox_label(source: str, name: str) -> str:
+    return f"inbox/{Path(source).with_name(name)}"
+
+
+def _rejection(origin: Rejected, source: str) -> str:
+    name = Path(source).name
+    if origin.failure == FailureKind.UNSUPPORTED_FILE:
+        return (f"{name} is not an image stylefold reads (JPEG, PNG, TIFF, WebP, BMP); export RAW and other "
+                "formats first")
+    if origin.failure == FailureKind.NO_IMAGE:
+        return f"{name} is a preset sidecar whose image never arrived"
+    return (f"no preset for {source}: no sidecar, no preset.json, no preset named after its folder and no "
+            "default_preset")

@@ -1,0 +1,99 @@
+"""Checkpoints of a running job and the finished render kept until it is published.
+
+A ``Checkpoint`` is the engine's state plus the loss rows and snapshots so far, and the
+identity of the job description it was made under: a checkpoint of another description
+(another preset, other styles, other caps) is never resumed. A ``Rendered`` is a
+finished optimisation in memory; saved in the job's folder before anything is
+published, it lets a crash after the image is out finish the logs without a second
+result (rendered.png is lossless).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..engine.stylize import EngineState
+from ..fsops import write_atomic
+
+__all__ = ["Checkpoint", "Rendered", "png_bytes"]
+
+Snapshots = list[tuple[int, Image.Image]]
+
+
+@dataclass
+class Checkpoint:
+    """An interrupted render: enough to go on from ``state.step`` bit for bit."""
+
+    spec_identity: str
+    state: EngineState
+    rows: list[dict[str, float]]
+    snapshots: Snapshots
+
+    def save(self, path: Path) -> None:
+        """torch.save to a temp name, then rename: a checkpoint is whole or absent."""
+        payload = {
+            "spec_identity": self.spec_identity, "step": self.state.step, "image": self.state.image,
+            "optimizer": self.state.optimizer_state, "rows": self.rows,
+            "snapshots": [(s, png_bytes(img)) for s, img in self.snapshots],
+        }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        write_atomic(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        # weights_only: a checkpoint file is data; unpickling it can never run code.
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        state = EngineState(step=int(payload["step"]), image=payload["image"], optimizer_state=payload["optimizer"])
+        snaps = [(int(s), Image.open(io.BytesIO(b)).convert("RGB")) for s, b in payload["snapshots"]]
+        return cls(str(payload.get("spec_identity", "")), state, list(payload["rows"]), snaps)
+
+
+@dataclass
+class Rendered:
+    """A finished optimisation, in memory, not yet written anywhere."""
+
+    image: Image.Image
+    exif: bytes | None
+    ext: str
+    base: str
+    quality: int
+    rows: list[dict[str, float]]
+    snapshots: Snapshots
+    report: dict[str, Any]
+    title: str
+
+    def save(self, folder: Path) -> None:
+        write_atomic(folder / "rendered.png", png_bytes(self.image))
+        for step, snap in self.snapshots:
+            write_atomic(folder / f"snapshot-{step}.png", png_bytes(snap))
+        meta = {"exif": self.exif.hex() if self.exif else None, "ext": self.ext, "base": self.base,
+                "quality": self.quality, "rows": self.rows, "snapshots": [s for s, _ in self.snapshots],
+                "report": self.report, "title": self.title}
+        write_atomic(folder / "rendered.json", json.dumps(meta).encode())
+
+    @classmethod
+    def load(cls, folder: Path) -> Rendered | None:
+        """The render saved in ``folder``, or None if there is none (or it is damaged)."""
+        try:
+            meta = json.loads((folder / "rendered.json").read_bytes())
+            image = Image.open(folder / "rendered.png").convert("RGB")
+            snaps = [(s, Image.open(folder / f"snapshot-{s}.png").convert("RGB")) for s in meta["snapshots"]]
+        except (OSError, ValueError, KeyError):
+            return None
+        return cls(image=image, exif=bytes.fromhex(meta["exif"]) if meta["exif"] else None, ext=meta["ext"],
+                   base=meta["base"], quality=meta["quality"], rows=meta["rows"], snapshots=snaps,
+                   report=meta["report"], title=meta["title"])
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
