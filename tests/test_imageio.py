@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageFile, JpegImagePlugin
 
-from stylefold.media import imageio
 from stylefold.media.imageio import (
     ImageError,
     ImageTooLarge,

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-import pytest
 import torch
 
+from stylefold.engine.pyramid import MIN_COARSE_SIDE, bytes_per_pixel, plan_pyramid, stylize_pyramid
 from stylefold.engine.stylize import stylize
 from tests.conftest import book_params
-from stylefold.engine.pyramid import MIN_COARSE_SIDE, bytes_per_pixel, plan_pyramid, stylize_pyramid
 
 GATYS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1", "relu4_2"]
 BOOK = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"]

@@ -9,9 +9,9 @@ so no job waits behind another. Per job:
 - pickup: from the photo's final rename into the inbox (or, for the ``written`` jobs,
   from the close of a file written in place) to the daemon's "job start" log line
   (log timestamps have millisecond resolution, the same wall clock);
-- job wall: the "job end ... in X s" line (0.1 s resolution) and, to the millisecond,
-  "job start" to "job end" (this misses the hashing and journal write before "job
-  start");
+- job wall: the "done NAME -> RESULT in X s" line (0.1 s resolution) and, to the
+  millisecond, "job start" to that line (this misses the hashing and journal write
+  before "job start");
 - engine: the report's ``seconds.engine`` (the optimisation loop alone); render total:
   its ``seconds.total`` (loading, resizing, optimising, the report);
 - overhead = job wall - engine: everything the daemon does per job that is not the
@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                     dropped = time.time()  # closed now
                 _wait(lambda: (root / "done" / name).exists(), 120, f"{name} in done/", proc)
                 in_done = time.time()
-                _wait(lambda: f"job end {name}:" in log.read_text(), 30, f"the job end line of {name}", proc)
+                _wait(lambda: f"done {name} -> " in log.read_text(), 30, f"the job end line of {name}", proc)
                 text = log.read_text()
                 start_line = next(line for line in text.splitlines() if f"job start {name} " in line)
-                end_line = next(line for line in text.splitlines() if f"job end {name}:" in line)
+                end_line = next(line for line in text.splitlines() if f"done {name} -> " in line)
                 end_s = float(re.search(r"in ([0-9.]+) s$", end_line).group(1))  # type: ignore[union-attr]
                 report = json.loads((root / "outbox" / "logs" / f"{Path(name).stem}-{STYLE}.json").read_text())
                 engine, total = report["seconds"]["engine"], report["seconds"]["total"]

@@ -21,8 +21,8 @@ def run_case(long_edge: int, steps: int, budget_mb: int, preset: str) -> dict[st
     import torch
 
     from stylefold.engine.features import build_extractor
-    from stylefold.engine.runtime import tune_cpu_allocator
     from stylefold.engine.pyramid import bytes_per_pixel, plan_pyramid, stylize_pyramid
+    from stylefold.engine.runtime import tune_cpu_allocator
     from stylefold.job.run import engine_params as _engine_params
     from stylefold.presets import PresetLibrary
 

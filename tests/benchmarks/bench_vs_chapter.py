@@ -42,8 +42,8 @@ def run_case(case: str, content: Path, style: Path, weights: Path, size: int, st
     from stylefold.engine.features import build_extractor
     from stylefold.engine.runtime import tune_cpu_allocator
     from stylefold.engine.stylize import stylize
-    from tests.conftest import book_params
     from tests.chapter_reference import image_to_tensor
+    from tests.conftest import book_params
 
     tune_cpu_allocator()  # as `stylefold run` / `serve` do on the CPU
     extractor = build_extractor(weights)

@@ -37,18 +37,40 @@ echo "== bench on cuda"
 stylefold bench --device cuda --sizes 512,1024 --steps 10 | tee "$out/bench.txt"
 echo "== multi-scale 2048 long edge on cuda"
 python -c "
-import time, torch
+import time, uuid, torch
 from pathlib import Path
-from stylefold.engine import build_extractor
-from stylefold.pipeline import Stylist, Limits
+import numpy as np; from PIL import Image
+from stylefold.engine.features import build_extractor
+from stylefold.job.run import Done, Resident, run_job
+from stylefold.job.spec import Caps, JobSpec
 from stylefold.presets import PresetLibrary
 lib = PresetLibrary.default()
-st = Stylist(build_extractor('random', 'cuda'), Limits(memory_budget_mb=2000))
+resident = Resident(build_extractor('random', 'cuda'))
 p = lib.from_data({'extends': 'gatys', 'size': 1536, 'steps': 100}, 'gpu-check')
-import numpy as np; from PIL import Image
 Image.fromarray((np.random.default_rng(1).random((1536, 2048, 3)) * 255).astype('uint8')).save('/tmp/big.jpg')
+spec = JobSpec.for_files(uuid.uuid4().hex, Path('/tmp/big.jpg'), p, 'gpu-check',
+                         [(lib.resolve_style('mosaic.png'), 1.0)], Caps(memory_budget_mb=2000))
 torch.cuda.reset_peak_memory_stats(); t = time.perf_counter()
-r = st.render(Path('/tmp/big.jpg'), p, [(lib.resolve_style('mosaic.png'), 1.0)])
-print('multi-scale 2048x1536 gatys:', round(time.perf_counter() - t, 1), 's,', len(r.rows), 'steps, peak',
+r = run_job(spec, resident)
+assert isinstance(r, Done), r
+print('multi-scale 2048x1536 gatys:', round(time.perf_counter() - t, 1), 's,', len(r.rendered.rows), 'steps, peak',
       round(torch.cuda.max_memory_allocated() / 2**30, 2), 'GiB')
 " | tee "$out/multiscale.txt"
+echo "== out of memory is a job failure, not a crash (a 16384-px job with the budget check off)"
+python -c "
+import uuid
+from pathlib import Path
+import numpy as np; from PIL import Image
+from stylefold.engine.features import build_extractor
+from stylefold.job.run import Failed, Resident, run_job
+from stylefold.job.spec import Caps, JobSpec
+from stylefold.presets import PresetLibrary
+lib = PresetLibrary.default()
+resident = Resident(build_extractor('random', 'cuda:0'))
+Image.fromarray((np.random.default_rng(2).random((12000, 16000, 3)) * 255).astype('uint8')).save('/tmp/huge.png')
+p = lib.from_data({'extends': 'gatys', 'size': 12000, 'steps': 2, 'precision': 'bf16'}, 'gpu-oom')
+caps = Caps(max_size=16384, max_input_pixels=200_000_000, memory_budget_mb=10_000_000)
+r = run_job(JobSpec.for_files(uuid.uuid4().hex, Path('/tmp/huge.png'), p, 'gpu-oom',
+                              [(lib.resolve_style('mosaic.png'), 1.0)], caps), resident)
+print('huge job:', type(r).__name__, getattr(r, 'kind', ''), getattr(r, 'message', ''))
+" | tee "$out/oom.txt"
