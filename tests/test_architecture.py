@@ -76,7 +76,8 @@ def test_help_status_and_presets_validate_never_import_torch(tmp_path: Path, arg
     preset = tmp_path / "p.json"
     preset.write_text(json.dumps({"extends": "book", "steps": 10}))
     args = [a.format(root=tmp_path / "hot", preset=preset) for a in argv]
-    loaded = _loaded_after(f"from stylefold.cli import main\nrc = main({args!r})\nassert rc == 0, rc")
+    code = f"from stylefold.cli import main\nassert main(['init', '{tmp_path / 'hot'}']) == 0\nrc = main({args!r})"
+    loaded = _loaded_after(f"{code}\nassert rc == 0, rc")
     assert "torch" not in loaded
 
 

@@ -3,9 +3,13 @@ disk_usage, the inotify limits) where the real condition cannot be made in a tes
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -13,8 +17,8 @@ from typing import NamedTuple
 import pytest
 
 from stylefold.cli import doctor
-from stylefold.config import Config
 from stylefold.cli.doctor import Check, exit_code, format_checks, run_doctor
+from stylefold.config import Config
 from stylefold.hotfolder.layout import HotFolder
 
 
@@ -55,22 +59,95 @@ def test_missing_folder_fails_with_stylefold_init(hot: HotFolder) -> None:
     assert f"stylefold init {hot.root}" in check.fix
 
 
-def test_missing_root_fails_with_stylefold_init(tmp_path: Path) -> None:
+def test_missing_root_fails_with_stylefold_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_disk_usage = shutil.disk_usage
+    measured: list[Path] = []
+
+    def disk_usage(path: os.PathLike[str] | str) -> DiskUsage:
+        real_disk_usage(path)  # raises for a path that does not exist, as the real check would
+        measured.append(Path(path))
+        return DiskUsage(100 * 1024**3, 50 * 1024**3, 50 * 1024**3)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
     checks = _run(tmp_path / "nowhere")
     assert checks["folders"].status == "FAIL"
     assert "stylefold init" in checks["folders"].fix
-    assert checks["disk"].status in ("OK", "WARN", "FAIL")  # measured on the nearest parent
+    # The disk is measured on the nearest parent that exists, not failed for the missing root.
+    assert checks["disk"].status == "OK", checks["disk"]
+    assert measured == [tmp_path]
+    assert checks["disk"].detail == f"50.0 GiB free of 100.0 GiB at {tmp_path}"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through 0o555: permissions are not enforced")
-def test_read_only_inbox_fails_with_chown(hot: HotFolder) -> None:
-    hot.inbox.chmod(0o555)
+def _user_name(uid: int) -> str:
     try:
-        check = _run(hot.root)["folders"]
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _daemon_ids() -> tuple[int, int]:
+    """The uid and gid of an unprivileged user, as the daemon runs: this one, unless it
+    is root (CI), for whom the kernel enforces no mode bits; then nobody."""
+    if os.geteuid() != 0:
+        return os.geteuid(), os.getegid()
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        return 65534, 65534
+    return nobody.pw_uid, nobody.pw_gid
+
+
+@contextlib.contextmanager
+def _acting_as(uid: int, gid: int) -> Iterator[None]:
+    """The body runs with real and effective ids ``uid``/``gid`` and no supplementary
+    groups; the saved ids stay root's, to switch back. Leaving uid 0 clears the effective
+    capabilities, so mode bits bind as for the daemon's own user. No-op for the current
+    user."""
+    if (uid, gid) == (os.geteuid(), os.getegid()):
+        yield
+        return
+    uids, gids, groups = os.getresuid(), os.getresgid(), os.getgroups()
+    try:
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gids[2])
+            os.setresuid(uid, uid, uids[2])
+        except PermissionError as exc:
+            pytest.skip(f"root without CAP_SETUID/CAP_SETGID cannot act as uid {uid}: {exc}")
+        yield
     finally:
-        hot.inbox.chmod(0o755)
-    assert check.status == "FAIL"
-    assert "inbox/" in check.detail and "not writable" in check.detail
+        os.setresuid(*uids)
+        os.setresgid(*gids)
+        os.setgroups(groups)
+
+
+def test_read_only_inbox_fails_with_chown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's user owns the hot folder but its inbox/ is 0o555. Root writes through
+    that, so under root the folder check runs as nobody (the rest of the doctor as root)."""
+    uid, gid = _daemon_ids()
+    ids_before = (os.getresuid(), os.getresgid(), os.getgroups())
+    # Not tmp_path: pytest keeps that in a 0o700 folder of root's, which nobody cannot enter.
+    with tempfile.TemporaryDirectory(prefix="stylefold-doctor-") as tmp:
+        hot = HotFolder(Path(tmp) / "hot")
+        hot.ensure()
+        for path in (Path(tmp), *Path(tmp).rglob("*")):
+            os.chown(path, uid, gid)
+        hot.inbox.chmod(0o555)
+        check_folders = doctor._check_folders
+
+        def check_as_daemon(folder: HotFolder) -> tuple[str, str, str]:
+            with _acting_as(uid, gid):
+                return check_folders(folder)
+
+        monkeypatch.setattr(doctor, "_check_folders", check_as_daemon)
+        try:
+            check = _run(hot.root)["folders"]
+        finally:
+            hot.inbox.chmod(0o755)
+    assert (os.getresuid(), os.getresgid(), os.getgroups()) == ids_before  # switched back
+    assert check.status == "FAIL", check
+    # Only the inbox: the other folders are the user's and writable.
+    assert check.detail == f"{hot.root}: not writable as {_user_name(uid)}: inbox/"
     assert "chown" in check.fix
 
 

@@ -3,8 +3,10 @@
 
 Every test ends with ``rig.assert_nothing_lost()``: SPEC §6 promise 1, every non-ignored
 file dropped ends byte-identical in exactly one of done/ or failed/ and leaves the inbox.
-Random VGG19 weights, 16–32 px, 1–5 steps; the only threads are writers that simulate a
-slow copy or a late sidecar, and the service is waited for by ``run(once=True)`` returning.
+Random VGG19 weights, 16–32 px, 1–5 steps. No threads and no sleeps: writers that simulate
+a slow copy or a late sidecar run in the service's thread, hooked to its scans
+(``Rig.before_scans``, ``Rig.after_ready``), and the service is waited for by
+``run(once=True)`` returning.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import logging
 import os
 import re
 import struct
-import threading
-import time
 import tomllib
 import zlib
 from collections import Counter
@@ -32,13 +32,13 @@ from PIL import Image
 
 from stylefold.cli import main
 from stylefold.config import Config
-from stylefold.hotfolder.layout import HotFolder, is_ignored
 from stylefold.hotfolder.journal import Journal
+from stylefold.hotfolder.layout import HotFolder, is_ignored
 from stylefold.hotfolder.origins import SidecarPreset
+from stylefold.hotfolder.service import Service
+from stylefold.hotfolder.watcher import Candidate, Inbox
 from stylefold.hotfolder.worker import Worker
 from stylefold.job.run import Resident
-from stylefold.hotfolder.service import Service
-from stylefold.hotfolder.watcher import Inbox
 
 from .conftest import write_photo, write_texture
 
@@ -135,16 +135,49 @@ class Rig:
         """Drain the inbox once, as ``stylefold serve --once`` does."""
         return self.make_service(**overrides).run(once=True)
 
-    def serve_while(self, writer: Callable[[], None], **overrides: Any) -> int:
-        """Drain the inbox once while ``writer`` (a slow copy, a late sidecar) runs in a
-        thread started after the service is built."""
-        service = self.make_service(**overrides)
-        thread = threading.Thread(target=writer)
-        thread.start()
-        try:
-            return service.run(once=True)
-        finally:
-            thread.join()
+    @staticmethod
+    def stop_at_step(service: Service, step: int) -> None:
+        """Request a warm stop (what the SIGTERM handler does) once the running job has
+        done ``step`` steps."""
+        on_step = service.runner.events.on_step
+        assert on_step is not None
+
+        def stop(claim: Any, info: Any) -> None:
+            on_step(claim, info)
+            if info.step == step:
+                service.request_stop()
+
+        service.runner.events.on_step = stop
+
+    @staticmethod
+    def before_scans(service: Service, hook: Callable[[float], None]) -> None:
+        """Call ``hook(now)`` in the service's thread right before each ``scan(now)`` of its
+        inbox: a writer hooked there decides what each scan finds, however slow or loaded
+        the machine is."""
+        inbox = service.inbox
+        scan = inbox.scan
+
+        def hook_then_scan(now: float, *args: Any, **kwargs: Any) -> None:
+            hook(now)
+            scan(now, *args, **kwargs)
+
+        inbox.scan = hook_then_scan  # type: ignore[method-assign]
+
+    @staticmethod
+    def after_ready(service: Service, hook: Callable[[float, list[Candidate]], None]) -> None:
+        """Call ``hook(now, handed_out)`` in the service's thread once it has gone through
+        everything ``ready(now)`` handed out (not when it stopped early to claim one)."""
+        inbox = service.inbox
+        ready = inbox.ready
+
+        def ready_then_hook(now: float, *args: Any, **kwargs: Any) -> Iterator[Candidate]:
+            handed_out: list[Candidate] = []
+            for candidate in ready(now, *args, **kwargs):
+                handed_out.append(candidate)
+                yield candidate
+            hook(now, handed_out)
+
+        inbox.ready = ready_then_hook  # type: ignore[method-assign]
 
     # -------------------------------------------------------- looking
 
@@ -152,14 +185,17 @@ class Rig:
         return sorted(p.name for p in self.hot.outbox.iterdir() if p.is_file())
 
     def done(self) -> list[str]:
-        return sorted(p.name for p in self.hot.done.iterdir())
+        """Files in done/, relative to it (an original keeps its inbox subfolder)."""
+        return _files_under(self.hot.done)
 
     def failed(self) -> list[str]:
-        return sorted(p.name for p in self.hot.failed.iterdir() if not p.name.endswith(".error.json"))
+        return [n for n in _files_under(self.hot.failed) if not n.endswith(".error.json")]
 
     def error(self, name: str) -> dict[str, Any]:
-        """``failed/NAME.error.json``, checked for the fields SPEC §5 fixes."""
-        body = json.loads((self.hot.failed / f"{Path(name).stem}.error.json").read_text())
+        """``failed/[SUB/]NAME.error.json`` (``name`` relative to failed/), checked for
+        the fields SPEC §5 fixes."""
+        path = self.hot.failed / Path(name).parent / f"{Path(name).stem}.error.json"
+        body = json.loads(path.read_text())
         assert isinstance(body["kind"], str) and body["kind"]
         message = body["error"]
         # One human sentence: a single line of text, not a traceback.
@@ -188,7 +224,7 @@ class Rig:
         failed/ and nowhere in the inbox (``kept``: folder preset.json files, which stay)."""
         landed: Counter[str] = Counter()
         for folder in (self.hot.done, self.hot.failed):
-            for path in folder.iterdir():
+            for path in folder.rglob("*"):
                 if path.is_file() and not path.name.endswith(".error.json"):
                     landed[sha256(path.read_bytes())] += 1
         expected = Counter(digest for rel, digest in self.dropped if rel not in kept)
@@ -197,6 +233,10 @@ class Rig:
         work = [p.name for p in self.hot.work.iterdir()]
         assert len(work) == claims_left, f"claim folders left in .stylefold/work: {work}"
         assert not [p.name for p in self.hot.outbox.iterdir() if p.name.startswith(".")], "temp files in outbox/"
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
 @pytest.fixture
@@ -273,7 +313,7 @@ def test_folder_preset_json_stays_for_the_next_photo(rig: Rig) -> None:
     assert rig.serve() == 0
 
     assert rig.results() == ["a-folder.jpg", "b-folder.png"]
-    assert rig.done() == ["a.jpg", "b.png"]
+    assert rig.done() == ["shoot/a.jpg", "shoot/b.png"]
     assert rig.report("b-folder.png")["preset"]["source"] == f"folder preset inbox/{preset_json.relative_to(rig.inbox)}"
     rig.assert_nothing_lost(kept=("shoot/preset.json",))
 
@@ -324,17 +364,31 @@ def test_precedence_sidecar_then_preset_json_then_folder_name_then_default(rig: 
 
 
 def test_sidecar_arriving_after_its_image_is_waited_for(rig: Rig) -> None:
+    """The editor writes the JSON only once the image has settled and been passed over
+    for want of a preset: the image waits for it (pair_timeout_s) and pairs with it."""
     rig.drop_photo("late.jpg")
     sidecar = json.dumps({"extends": "tiny", "style": "side.png"}).encode()
+    settle_s = 0.1
+    # pair_timeout_s only bounds how long a broken pairing takes to fail the test.
+    service = rig.make_service(settle_s=settle_s, pair_timeout_s=60.0)
+    scans: list[float] = []
+    passed_over: list[float] = []  # the clock of the ready() that passed over the settled image
 
-    def write_sidecar_later() -> None:
-        time.sleep(0.3)  # simulates the editor writing the JSON after the image
-        rig.drop("late.json", sidecar)
+    def write_sidecar_once_passed_over(now: float, handed_out: list[Candidate]) -> None:
+        # late.jpg is unchanged since the first scan, so it has settled once settle_s has
+        # passed since then; a ready() then that hands out nothing left it waiting for a preset.
+        if not passed_over and not handed_out and now - scans[0] >= settle_s:
+            passed_over.append(now)
+            rig.drop("late.json", sidecar)
 
-    assert rig.serve_while(write_sidecar_later, settle_s=0.1, pair_timeout_s=1.5) == 0
+    rig.before_scans(service, scans.append)
+    rig.after_ready(service, write_sidecar_once_passed_over)
+    assert service.run(once=True) == 0
 
+    assert passed_over, "the image was never passed over settled, so the sidecar was not late"
     assert rig.results() == ["late-side.jpg"]
     assert rig.done() == ["late.jpg", "late.json"]
+    assert rig.report("late-side.jpg")["preset"]["source"] == "sidecar late.json"
     rig.assert_nothing_lost()
 
 
@@ -379,7 +433,46 @@ def _chunks(data: bytes, n: int) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)]
 
 
+def _write_just_in_time(rig: Rig, service: Service, path: Path, rest: list[bytes],
+                        write: Callable[[bytes], None]) -> list[int | None]:
+    """A slow writer, as slow as it can be without ``path`` ever settling: ``write(chunk)``
+    for each of ``rest``, in the service's thread, right before the scan that would
+    otherwise find the file unchanged for settle_s. The scans in between find it
+    unchanged but not settled (a close-write shortcut, or a settle time counted from
+    anything but the last change, would take it partial there). Returns the file's size
+    before each write, as the service last found it (None: it had left the inbox)."""
+    settle_s = service.config.settle_s
+    chunks = iter(rest)
+    sizes: list[int | None] = []
+    changed: float | None = None  # the clock of the scan that found the file's last change
+
+    def before_scan(now: float) -> None:
+        nonlocal changed
+        if changed is None:
+            changed = now  # the first scan finds the file as it was dropped
+            return
+        if now - changed < settle_s:  # the rule of Inbox: settled once now - changed >= settle_s
+            return
+        chunk = next(chunks, None)
+        if chunk is None:
+            return  # complete: now it may settle
+        sizes.append(path.stat().st_size if path.exists() else None)
+        write(chunk)
+        changed = now  # this scan finds it grown
+
+    rig.before_scans(service, before_scan)
+    return sizes
+
+
+def _sizes_seen(chunks: list[bytes]) -> list[int]:
+    """The file's sizes before each chunk after the first: the first chunk, the first
+    two, ... all but the last."""
+    return [sum(len(c) for c in chunks[:n]) for n in range(1, len(chunks))]
+
+
 def test_slow_writer_holding_the_file_open_is_taken_complete(rig: Rig) -> None:
+    """A slow network copy holding the file open: it grows just before it would have
+    settled, so it is not taken until the copy is complete."""
     data = _slow_png()
     chunks = _chunks(data, 10)
     path = rig.inbox / "tiny" / "slow.png"
@@ -388,17 +481,22 @@ def test_slow_writer_holding_the_file_open_is_taken_complete(rig: Rig) -> None:
     out.write(chunks[0])
     out.flush()  # the file exists (partly) before the service looks
 
-    def keep_writing() -> None:
-        with out:
-            for chunk in chunks[1:]:
-                time.sleep(0.1)  # a slow network copy
-                out.write(chunk)
-                out.flush()
+    def copy_on(chunk: bytes) -> None:
+        out.write(chunk)
+        out.flush()
+        if out.tell() == len(data):
+            out.close()  # only once it is complete
 
-    assert rig.serve_while(keep_writing, settle_s=0.5) == 0
+    service = rig.make_service(settle_s=0.3)
+    sizes_seen = _write_just_in_time(rig, service, path, chunks[1:], copy_on)
+    try:
+        assert service.run(once=True) == 0
+    finally:
+        out.close()
 
+    assert sizes_seen == _sizes_seen(chunks), "the service did not see each partial file, still in the inbox"
     rig.record("tiny/slow.png", data)
-    assert sha256((rig.hot.done / "slow.png").read_bytes()) == sha256(data)
+    assert sha256((rig.hot.done / "tiny" / "slow.png").read_bytes()) == sha256(data)
     assert rig.results() == ["slow-tex.png"]
     assert rig.report("slow-tex.png")["input"]["sha256"] == sha256(data), "the job saw a partial file"
     rig.assert_nothing_lost()
@@ -414,14 +512,15 @@ def test_slow_writer_reopening_between_chunks_is_taken_complete(rig: Rig) -> Non
     path.parent.mkdir()
     path.write_bytes(chunks[0])
 
-    def append_rest() -> None:
-        for chunk in chunks[1:]:
-            time.sleep(0.4)  # well under settle_s, well over a close-write shortcut
-            with path.open("ab") as f:
-                f.write(chunk)
+    def append(chunk: bytes) -> None:
+        with path.open("ab") as f:  # a close-write event after every chunk
+            f.write(chunk)
 
-    assert rig.serve_while(append_rest, settle_s=1.0) == 0
+    service = rig.make_service(settle_s=0.5)
+    sizes_seen = _write_just_in_time(rig, service, path, chunks[1:], append)
+    assert service.run(once=True) == 0
 
+    assert sizes_seen == _sizes_seen(chunks), "the service did not see each partial file, still in the inbox"
     rig.record("tiny/appended.png", data)
     assert rig.failed() == []
     assert rig.results() == ["appended-tex.png"]
@@ -472,7 +571,7 @@ def test_temp_name_then_rename_is_processed_under_the_final_name(rig: Rig) -> No
 
     assert rig.serve() == 0
     assert rig.results() == ["other-tex.jpg", "x-tex.jpg", "y-tex.png"]
-    assert rig.done() == ["other.jpg", "x.jpg", "y.png"]
+    assert rig.done() == ["tiny/other.jpg", "tiny/x.jpg", "tiny/y.png"]
     rig.assert_nothing_lost()
 
 
@@ -493,7 +592,7 @@ def test_junk_is_left_alone_and_never_moved(rig: Rig) -> None:
     assert rig.serve() == 0
 
     assert rig.results() == ["IMG-tex.jpg"]
-    assert rig.done() == ["IMG.jpg"] and rig.failed() == []
+    assert rig.done() == ["tiny/IMG.jpg"] and rig.failed() == []
     for rel, data in junk.items():
         assert (rig.inbox / rel).read_bytes() == data, f"{rel} was touched"
     rig.assert_nothing_lost()
@@ -603,14 +702,15 @@ def test_hostile_input_fails_its_job_and_the_service_keeps_serving(
     code = rig.serve(max_input_pixels=1_000_000, max_steps=10, max_size=64, pair_timeout_s=0.3)
 
     assert code == 1
-    assert failed_name in rig.failed()
-    body = rig.error(failed_name)
+    landed = [n for n in rig.failed() if Path(n).name == failed_name]
+    assert len(landed) == 1, rig.failed()
+    body = rig.error(landed[0])
     assert body["kind"] == kind, body
     if needle is not None:
         assert needle in body["error"], body
     assert f"({kind})" in caplog.text
     assert rig.results() == ["good-tex.jpg"]
-    assert rig.done() == ["good.jpg"]
+    assert rig.done() == ["tiny/good.jpg"]
     kept = ("shoot/preset.json",) if (rig.inbox / "shoot" / "preset.json").exists() else ()
     rig.assert_nothing_lost(kept=kept)
 
@@ -630,7 +730,7 @@ def test_two_hundred_files_dropped_at_once_are_each_processed_once(rig: Rig,
 
     expected = [f"s{i:03d}-tex.png" for i in range(200)]
     assert rig.results() == expected  # exactly these names: no -2, none missing
-    assert rig.done() == [f"s{i:03d}.png" for i in range(200)]
+    assert rig.done() == [f"one/s{i:03d}.png" for i in range(200)]
     assert rig.failed() == []
     assert len(list(rig.hot.logs.glob("*.losses.csv"))) == 200
     assert caplog.text.count("done one/s") == 200
@@ -648,7 +748,8 @@ def test_name_collisions_never_overwrite(rig: Rig) -> None:
     inputs = {rig.report(name)["input"]["sha256"] for name in rig.results()}
     assert inputs == {sha256(in_folder), sha256(at_top)}, "one result overwrote the other"
     done = rig.done()
-    assert done in (["a-2.jpg", "a.jpg", "a.json"], ["a-2.jpg", "a-2.json", "a.jpg"]), done
+    # Each keeps its inbox folder, so the names no longer meet in done/.
+    assert done == ["a.jpg", "a.json", "tiny/a.jpg"], done
     # The sidecar went to done/ under its image's new name, whichever that was.
     sidecar = next(n for n in done if n.endswith(".json"))
     image = rig.hot.done / sidecar.replace(".json", ".jpg")
@@ -673,7 +774,7 @@ def test_same_photo_and_preset_again_gives_no_second_result(rig: Rig, caplog: py
     assert (rig.hot.outbox / "x-tex.jpg").read_bytes() == first_result
     assert "tiny/x.jpg: same photo and preset as job" in caplog.text
     done = rig.done()
-    assert [n for n in done if n.endswith(".jpg")] == ["x-2.jpg", "x-3.jpg", "x.jpg"]
+    assert [n for n in done if n.endswith(".jpg")] == ["tiny/x-2.jpg", "tiny/x.jpg", "x.jpg"]
     assert len([n for n in done if n.endswith(".json")]) == 1
     rig.assert_nothing_lost()
 
@@ -684,15 +785,7 @@ def test_same_photo_and_preset_again_gives_no_second_result(rig: Rig, caplog: py
 def test_stopped_job_keeps_its_claim_and_resumes_where_it_stopped(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     data = rig.drop_photo("five/p.jpg")
     service = rig.make_service()
-    on_step = service.runner.events.on_step
-    assert on_step is not None
-
-    def stop_after_two(claim: Any, info: Any) -> None:
-        on_step(claim, info)
-        if info.step == 2:
-            service.request_stop()  # what the SIGTERM handler does
-
-    service.runner.events.on_step = stop_after_two
+    rig.stop_at_step(service, 2)
     assert service.run(once=True) == 0
 
     claims = list(rig.hot.work.iterdir())
@@ -709,7 +802,7 @@ def test_stopped_job_keeps_its_claim_and_resumes_where_it_stopped(rig: Rig, capl
     assert rig.results() == ["p-tex.jpg"]
     assert rig.loss_steps("p-tex.jpg") == [1, 2, 3, 4, 5]
     assert rig.report("p-tex.jpg")["steps_run"] == 5
-    assert rig.done() == ["p.jpg"]
+    assert rig.done() == ["five/p.jpg"]
     rig.assert_nothing_lost()
 
 
@@ -718,15 +811,7 @@ def test_preset_edited_between_stop_and_restart_does_not_change_the_resumed_job(
     folder names, while the job waits on a checkpoint, changes nothing for that job."""
     rig.drop_photo("five/p.jpg")
     service = rig.make_service()
-    on_step = service.runner.events.on_step
-    assert on_step is not None
-
-    def stop_after_two(claim: Any, info: Any) -> None:
-        on_step(claim, info)
-        if info.step == 2:
-            service.request_stop()
-
-    service.runner.events.on_step = stop_after_two
+    rig.stop_at_step(service, 2)
     assert service.run(once=True) == 0
     assert len(list(rig.hot.work.iterdir())) == 1
     rig.preset("five", {"extends": "tiny", "steps": 9, "seed": 7})  # edited while stopped
@@ -770,7 +855,7 @@ def test_restart_after_dying_between_moving_the_originals_and_removing_the_claim
     assert rig.serve() == 0  # the next start cleans up
 
     assert rig.results() == ["x-tex.jpg"]
-    assert rig.done() == ["x.jpg"] and rig.failed() == []
+    assert rig.done() == ["tiny/x.jpg"] and rig.failed() == []
     rig.assert_nothing_lost()
 
 
@@ -858,6 +943,8 @@ def test_submit_places_files_without_visible_partial_names(rig: Rig, monkeypatch
         seen_while_copying.append((Path(fout.name).name, visible))
 
     monkeypatch.setattr(stylefold.hotfolder.admin.shutil, "copyfileobj", copy_and_look)
+    # submit checks the name against the root's presets: the studio's are in presets_dir.
+    (rig.root / "stylefold.toml").write_text(f'presets_dir = "{rig.presets}"\n')
     assert main(["submit", str(sources / "a.jpg"), "--preset", "tiny", "--root", str(rig.root)]) == 0
     assert main(["submit", str(sources / "b.jpg"), "--preset", str(sources / "look.json"),
                  "--root", str(rig.root)]) == 0
@@ -918,7 +1005,7 @@ def test_a_preset_json_with_a_huge_integer_fails_its_photo_not_the_daemon(rig: R
     rig.drop_photo("b.jpg", seed=1)
     rig.drop_json("b.json", {"extends": "tiny"})
     assert rig.serve() == 1
-    assert rig.error("a.jpg")["kind"] == "invalid_preset"
+    assert rig.error("folder/a.jpg")["kind"] == "invalid_preset"
     assert rig.results() == [f"b-{STYLE}.jpg"]
     rig.assert_nothing_lost(kept=("folder/preset.json",))
 
@@ -1011,8 +1098,8 @@ def test_a_symlink_in_the_inbox_is_never_followed_and_ends_in_failed(rig: Rig, t
     rig.drop_photo("tiny/a.jpg")
     assert rig.serve() == 1
     assert rig.results() == [f"a-{STYLE}.jpg"]
-    assert rig.error("link.jpg")["kind"] == "unsupported_file"
-    assert (rig.hot.failed / "link.jpg").is_symlink()  # the link itself, moved; the target untouched
+    assert rig.error("tiny/link.jpg")["kind"] == "unsupported_file"
+    assert (rig.hot.failed / "tiny" / "link.jpg").is_symlink()  # the link itself, moved; the target untouched
     assert secret.exists()
 
 

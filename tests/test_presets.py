@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from .conftest import write_texture
 from stylefold.cli import main, parse_set
 from stylefold.presets import (
     MAX_EXTENDS_DEPTH,
@@ -21,6 +20,8 @@ from stylefold.presets import (
     StyleNotFound,
     builtin_dir,
 )
+
+from .conftest import write_texture
 
 BOOK_STYLE_LAYERS = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"]
 GATYS_STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
@@ -476,9 +477,10 @@ def test_cli_presets_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["presets", "validate", str(good), str(bad), str(escape)]) == 2
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"OK {good}"
-    assert lines[1].startswith(f"INVALID {bad}") and "'stpes'" in lines[1]
-    assert lines[2].startswith("INVALID") and "../good.json" in lines[2]
-    assert len(lines) == 3
+    assert lines[1].startswith(f"INVALID {bad}") and "'stpes'" in lines[1] and "'steps'?" in lines[1]
+    assert lines[2].startswith("known keys: ")  # several problems: one per line
+    assert lines[3].startswith("INVALID") and "../good.json" in lines[3]
+    assert len(lines) == 4
 
 
 def test_cli_presets_validate_all_good(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

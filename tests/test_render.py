@@ -125,15 +125,20 @@ def _snapshot(size: tuple[int, int], colour: tuple[int, int, int] = (200, 40, 90
     return Image.new("RGB", size, colour)
 
 
-def test_sheet_lays_five_snapshots_in_two_rows_of_four() -> None:
+def test_sheet_lays_its_rows_as_evenly_as_the_columns_allow() -> None:
     cell = 64
-    five = progress_sheet([(s * 10, _snapshot((64, 64))) for s in range(5)], columns=4, cell=cell)
-    four = progress_sheet([(s * 10, _snapshot((64, 64))) for s in range(4)], columns=4, cell=cell)
+
+    def sheet(count: int) -> Image.Image:
+        return progress_sheet([(s * 10, _snapshot((64, 64))) for s in range(count)], columns=4, cell=cell)
+
+    four, five, eight, nine = sheet(4), sheet(5), sheet(8), sheet(9)
     assert five.mode == "RGB"
-    assert 4 * cell < five.width < 5 * cell
-    assert 2 * cell < five.height < 3 * cell
-    assert five.width == four.width
-    assert five.height - four.height > cell
+    assert 4 * cell < four.width < 5 * cell and four.width == eight.width  # rows of four
+    assert 3 * cell < five.width < 4 * cell  # 3 + 2, not 4 + 1
+    assert nine.width == five.width  # 3 + 3 + 3, not 4 + 4 + 1
+    assert cell < four.height < 2 * cell
+    assert 2 * cell < five.height < 3 * cell and five.height == eight.height
+    assert nine.height - eight.height > cell
     # Five coloured cells, each a full cell x cell square.
     assert _colour_pixels(five, (200, 40, 90), tolerance=2) == 5 * cell * cell
 

@@ -241,7 +241,7 @@ def test_sigterm_mid_job_checkpoints_exits_0_and_the_next_start_resumes(tmp_path
     first.proc.send_signal(signal.SIGTERM)
     assert first.wait_exit(30) == 0, first.text()
 
-    stopped = re.search(r"photo\.jpg: stopped at step (\d+); checkpoint saved", first.text())
+    stopped = re.search(r"stopped photo\.jpg at step (\d+); it resumes from there at the next start", first.text())
     assert stopped is not None, first.text()
     stopped_at = int(stopped.group(1))
     assert 0 < stopped_at < steps
@@ -400,7 +400,7 @@ def test_notify_socket_gets_ready_status_watchdog_and_stopping(tmp_path: Path, s
     listener = NotifyListener(tmp_path, tmp_path / "notified.log")
     try:
         daemon = serve(root, "notified", env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "1000000"})
-        daemon.wait_log(r"job end photo\.jpg: done")
+        daemon.wait_log(r"done photo\.jpg -> ")
         wait_until(lambda: "WATCHDOG=1" in listener.messages, 30, "WATCHDOG=1", daemon)
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.wait_exit(30) == 0, daemon.text()

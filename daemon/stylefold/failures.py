@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 from enum import StrEnum
 
-__all__ = ["FailureKind", "JobFailure", "classify"]
+__all__ = ["FailureKind", "JobFailure", "classify", "one_line"]
 
 
 class FailureKind(StrEnum):
@@ -71,6 +71,12 @@ def classify(exc: BaseException, *, device: str = "the device", size: int | None
                               kind=FailureKind.DISK_FULL)
         return JobFailure(f"file error: {exc.strerror or exc}", kind=FailureKind.INTERNAL)
     return JobFailure(f"internal error: {_first_line(exc) or type(exc).__name__}", kind=FailureKind.INTERNAL)
+
+
+def one_line(text: str) -> str:
+    """Several problems, one per line (as the command line shows them), as the one
+    sentence an error file and the journal hold."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _is_device_runtime_error(exc: RuntimeError) -> bool:

@@ -9,9 +9,10 @@ resolve (symlinks followed) inside an allowed folder. No torch import: ``--help`
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -160,31 +161,46 @@ def read_preset_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def validation_message(source: str, exc: ValidationError) -> str:
-    """One line per problem, each naming the source, the key and the allowed values."""
+def validation_message(source: str, exc: ValidationError, overridden: Collection[str] = ()) -> str:
+    """One line per problem, each naming the source, the key and the allowed values.
+    A key in ``overridden`` came from the command line: its line names ``--set KEY``,
+    not the preset file it was applied to."""
     problems: dict[str, str] = {}
     for err in exc.errors():
         # Drop pydantic's union-branch labels ("list[...]", "constrained-str", ...).
         key = ".".join(str(p) for p in err["loc"] if isinstance(p, int) or _is_field_part(str(p))) or "(preset)"
+        top = str(err["loc"][0]) if err["loc"] else ""
+        where = f"--set {key}" if top in overridden else f"{source}: {key}"
         if err["type"] == "extra_forbidden":
-            problems.setdefault(key, f"{source}: unknown key {key[:60]!r}")
+            where = f"--set {key}" if top in overridden else source
+            problems.setdefault(key, f"{where}: unknown key {key[:60]!r}{_did_you_mean(key, Preset.model_fields)}")
             continue
         got = err.get("input")
         shown = json.dumps(got)[:60] if isinstance(got, str | int | float | bool | None) else type(got).__name__
-        if err["type"] == "literal_error" and err["loc"][0] in _LAYER_FIELDS:
+        if err["type"] == "literal_error" and top in _LAYER_FIELDS:
             # One sentence, not pydantic's enumeration of all 32 names.
-            problems.setdefault(key, f"{source}: {err['loc'][0]}: {shown} is not a VGG19 layer; {_LAYER_FORM}")
+            where = f"--set {top}" if top in overridden else f"{source}: {top}"
+            problems.setdefault(key, f"{where}: {shown} is not a VGG19 layer; {_LAYER_FORM}")
             continue
-        problems.setdefault(key, f"{source}: {key}: {err['msg']}{_allowed(key)} (got {shown})")
+        problems.setdefault(key, f"{where}: {err['msg']}{_allowed(key)} (got {shown})")
     # When one branch of a union got further ("style.0.weight"), the other branch's
     # type complaint about the parent ("style: not a string") is noise.
     keys = list(problems)
-    kept = [k for k in keys if not any(o != k and o.startswith(k + ".") for o in keys)]
-    message = "; ".join(problems[k] for k in kept)
+    lines = [problems[k] for k in keys if not any(o != k and o.startswith(k + ".") for o in keys)]
     if any(e["type"] == "extra_forbidden" for e in exc.errors()):
         # The list of known keys once, however many unknown keys a file has.
-        message += f" (known keys: {', '.join(Preset.model_fields)})"
-    return message
+        lines.append(f"known keys: {', '.join(Preset.model_fields)}")
+    return "\n".join(lines)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
+    return _did_you_mean(word, choices)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 _LAYER_FIELDS = ("style_layers", "content_layers")
@@ -271,26 +287,34 @@ class PresetLibrary:
     def load(self, name: str) -> Preset:
         path = self.find(name)
         if path is None:
-            raise PresetError(f"unknown preset {name!r} (known: {', '.join(self.names())})")
+            raise PresetError(self.unknown(name))
         return self.load_file(path)
 
+    def unknown(self, name: str, what: str = "preset") -> str:
+        """The sentence for a preset name that does not exist: the known ones, and the
+        closest of them."""
+        names = self.names()
+        return f"unknown {what} {name!r}{_did_you_mean(name, names)}; known presets: {', '.join(names)}"
+
     def load_file(self, path: Path, overrides: Mapping[str, Any] | None = None) -> Preset:
-        """Load a preset file, apply its ``extends`` chain, then ``overrides``."""
+        """Load a preset file, apply its ``extends`` chain, then ``overrides`` (from the
+        command line: their errors name ``--set KEY``)."""
         data = read_preset_json(path)
         if overrides:
             # Before resolving: an override of `extends` must change the base.
             data = merge_preset(data, overrides)
-        return self.validate(self._resolved_data(data, str(path), depth=0, seen=(path.stem,)), str(path))
+        resolved = self._resolved_data(data, str(path), depth=0, seen=(path.stem,))
+        return self.validate(resolved, str(path), overridden=tuple(overrides or ()))
 
     def from_data(self, data: Mapping[str, Any], source: str) -> Preset:
         return self.validate(self._resolved_data(data, source, depth=0, seen=()), source)
 
     @staticmethod
-    def validate(data: Mapping[str, Any], source: str) -> Preset:
+    def validate(data: Mapping[str, Any], source: str, overridden: Collection[str] = ()) -> Preset:
         try:
             return Preset.model_validate(data)
         except ValidationError as exc:
-            raise PresetError(validation_message(source, exc)) from None
+            raise PresetError(validation_message(source, exc, overridden)) from None
 
     def _resolved_data(self, data: Mapping[str, Any], source: str, depth: int,
                        seen: tuple[str, ...]) -> dict[str, Any]:
@@ -305,7 +329,7 @@ class PresetLibrary:
             raise PresetError(f"{source}: extends: more than {MAX_EXTENDS_DEPTH} levels")
         parent_path = self.find(parent)
         if parent_path is None:
-            raise PresetError(f"{source}: extends: unknown preset {parent!r} (known: {', '.join(self.names())})")
+            raise PresetError(f"{source}: extends: {self.unknown(parent)}")
         base = self._resolved_data(read_preset_json(parent_path), str(parent_path), depth + 1, (*seen, parent))
         return merge_preset(base, {k: v for k, v in data.items() if k != "extends"})
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .. import __version__
 from ..config import ConfigError
 from ..presets import PresetError
 from . import bench, doctor, hotfolder, presets, run
-from .common import EXIT_USAGE, CommandError, error
+from .common import EXIT_OK, EXIT_USAGE, CommandError, error
 from .run import parse_set
 
 __all__ = ["build_parser", "configure_logging", "main", "parse_set"]
@@ -62,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+    except BrokenPipeError:  # `stylefold status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def configure_logging(verbose: int = 0) -> None:
@@ -79,13 +84,26 @@ def configure_logging(verbose: int = 0) -> None:
         handler: logging.Handler = RichHandler(console=console(), show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler._stylefold = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("PIL", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler on whatever ``sys.stderr`` is when a record comes (tests swap it, and a
+    handler holding the old one wrote to a closed stream)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

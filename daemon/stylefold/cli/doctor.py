@@ -87,10 +87,12 @@ def run_doctor(config: Config, *, unit_paths: Iterable[Path] = DEFAULT_UNIT_PATH
 
 def format_checks(checks: Sequence[Check]) -> str:
     width = max((len(c.name) for c in checks), default=0)
-    lines = []
+    lines: list[str] = []
+    fixes: set[str] = set()
     for c in checks:
         lines.append(f"{c.status:<4} {c.name:<{width}}  {c.detail}")
-        if c.status != "OK" and c.fix:
+        if c.status != "OK" and c.fix and c.fix not in fixes:  # one fix for two checks is said once
+            fixes.add(c.fix)
             lines.append(f"{'':<4} {'':<{width}}  fix: {c.fix}")
     return "\n".join(lines)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config
+from ..hotfolder.layout import HotFolder
+from ..presets import PresetLibrary
 from .common import EXIT_JOB_FAILED, EXIT_OK, CommandError, add_engine_options, load_resident
 
 __all__ = ["add_parsers"]
@@ -48,13 +50,14 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..hotfolder.journal import Journal
-    from ..hotfolder.layout import HotFolder
     from ..hotfolder.service import Service, install_signal_handlers
 
     config = load_config(args.config, {"root": args.root, "device": args.device, "weights": args.weights})
     # Handlers first, so a SIGTERM during the model load is a clean exit 0 too.
     stop = threading.Event()
-    install_signal_handlers(stop, lambda: logger.info("signal: finishing the current step, then stopping"))
+    install_signal_handlers(stop, lambda: logger.info(
+        "stopping: the running job saves a checkpoint at its next step and resumes from it at the next start "
+        "(a second Ctrl-C or SIGTERM exits at once)"))
 
     from ..hotfolder.console import ServeConsole
     from ..hotfolder.sdnotify import Notifier
@@ -63,6 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logger.info("loading VGG19 (%s)", config.weights)
     resident = load_resident(config)
     hot = HotFolder(config.root)
+    if not hot.inbox.is_dir():
+        logger.info("creating the hot folder %s (inbox/, styles/, outbox/, done/, failed/)", hot.root.absolute())
     hot.ensure()
     journal = Journal(hot.journal)
     worker = Worker(hot, journal, resident, config.checkpoint_every)
@@ -89,8 +94,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from ..hotfolder.admin import submit_files
 
     config = load_config(None, {"root": args.root})
+    preset = args.preset
+    if preset and Path(preset).suffix.lower() != ".json":
+        # A name the daemon does not know would wait in inbox/NAME/ and then fail.
+        library = PresetLibrary.for_config(config)
+        if library.find(preset) is None:
+            raise CommandError(f"--preset {library.unknown(preset)}")
     try:
-        placed = submit_files(args.images, config.root, args.preset)
+        placed = submit_files(args.images, config.root, preset)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     for path in placed:
@@ -99,20 +110,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..hotfolder.admin import status_report
+    from ..hotfolder.admin import clock, status_report
 
     config = load_config(None, {"root": args.root})
-    report = status_report(config.root)
+    if not HotFolder(config.root).inbox.is_dir():
+        raise CommandError(f"there is no hot folder at {config.root.absolute()}; create one with "
+                           f"`stylefold init {config.root}` (or give --root / set STYLEFOLD_ROOT)")
+    report = status_report(config)
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
-    print(f"{report['root']}: {len(report['waiting'])} waiting in the inbox")
+    print(f"{report['root']}: {len(report['queue'])} waiting in the inbox")
+    for entry in report["queue"]:
+        print(f"  waiting     {entry['source']}: {entry['reason']}")
     for job in report["running"]:
         progress = job["progress"] or {}
         step = f" step {progress['step']}/{progress['steps']}" if progress else ""
-        print(f"  {job['state']:<8} {job['source']}{step} (attempt {job['attempts']})")
+        note = {"interrupted": " (no daemon holds it: resumes at the next start)",
+                "stale": " (its files already moved on)"}.get(job["state"], "")
+        print(f"  {job['state']:<11} {job['source']}{step}, since {clock(job['updated'])}{note}")
     for job in report["recent_done"]:
-        print(f"  done     {job['source']} -> {job['output']}")
+        print(f"  done        {job['source']} -> {job['output']} at {clock(job['at'])}")
     for job in report["recent_failed"]:
-        print(f"  failed   {job['source']} ({job['kind']}): {job['error']}")
+        print(f"  failed      {job['source']} ({job['kind']}) at {clock(job['at'])}: {job['error']}")
     return EXIT_OK

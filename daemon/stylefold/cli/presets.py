@@ -31,8 +31,8 @@ def add_parser(sub: Any) -> None:
     plist = psub.add_parser("list", help="built-in and presets-dir presets")
     pshow = psub.add_parser("show", help="a preset's effective keys (extends applied) as JSON")
     pshow.add_argument("name")
-    pval = psub.add_parser("validate", help="check preset JSON files (keys, ranges, style found)")
-    pval.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    pval = psub.add_parser("validate", help="check presets, files or names (keys, ranges, caps, style found)")
+    pval.add_argument("files", nargs="+", metavar="FILE_OR_NAME")
     psub.add_parser("schema", help="the preset JSON schema")
     psheet = psub.add_parser("sheet", help="render one photo through every preset, side by side")
     psheet.add_argument("image", type=Path)
@@ -62,7 +62,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     if args.presets_command == "show":
         print(json.dumps(library.load(args.name).effective(), indent=2))
         return EXIT_OK
-    return _validate(library, args.files)
+    return _validate(library, config, args.files)
 
 
 def _list(library: PresetLibrary) -> int:
@@ -79,18 +79,31 @@ def _list(library: PresetLibrary) -> int:
     return EXIT_USAGE if broken else EXIT_OK
 
 
-def _validate(library: PresetLibrary, files: Sequence[Path]) -> int:
+def _validate(library: PresetLibrary, config: Config, items: Sequence[str]) -> int:
+    """Each file (or preset name) as a job would see it: keys, ranges, its styles, and
+    the caps of this configuration (a preset above one fails every job)."""
+    from ..hotfolder.service import caps_of
+
+    caps = caps_of(config)
     bad = 0
-    for path in files:
+    for item in items:
+        path = Path(item)
         try:
+            if not path.is_file() and path.suffix.lower() != ".json":
+                found = library.find(item)
+                if found is None:
+                    raise PresetError(f"{item}: no such file, and {library.unknown(item)}")
+                path = found
             preset = library.load_file(path)
             for ref in preset.style_refs():
                 library.resolve_style(ref.path)
-        except PresetError as exc:
+            caps.check(preset)
+        except JobFailure as exc:
             bad += 1
-            print(f"INVALID {exc}")
+            print(f"INVALID {exc}" if str(exc).startswith(item) or str(exc).startswith(str(path))
+                  else f"INVALID {item}: {exc}")
         else:
-            print(f"OK {path}")
+            print(f"OK {item}")
     return EXIT_USAGE if bad else EXIT_OK
 
 
@@ -119,7 +132,8 @@ def preset_sheet(resident: Resident, library: PresetLibrary, config: Config, ima
                  on_preset: Callable[[str, int], None] | None = None) -> Image.Image:
     """One photo through every preset, side by side. A preview, so each preset runs at
     a small working size and, if asked, fewer steps; every other key is the preset's
-    own. The first cell is the photo."""
+    own. The first cell is the photo; each other is captioned with its preset and the
+    steps it ran, its style images small in a corner."""
     from ..hotfolder.service import caps_of
     from ..job.run import Done, run_job
     from ..job.spec import JobSpec
@@ -127,7 +141,7 @@ def preset_sheet(resident: Resident, library: PresetLibrary, config: Config, ima
 
     caps = caps_of(config)
     loaded = imageio.load_image(image, max_pixels=caps.max_input_pixels)
-    cells: list[tuple[str, Image.Image]] = [("original", imageio.fit_short_side(loaded.image, size))]
+    cells: list[render.Cell] = [render.Cell("original", imageio.fit_short_side(loaded.image, size))]
     for name in names or library.names():
         overrides: dict[str, object] = {"size": size, "snapshot_every": 0, **({"steps": steps} if steps else {})}
         try:
@@ -143,5 +157,9 @@ def preset_sheet(resident: Resident, library: PresetLibrary, config: Config, ima
         if not isinstance(outcome, Done):
             logger.error("preset %s: %s", name, getattr(outcome, "message", "stopped"))
             continue
-        cells.append((name, outcome.rendered.image))
-    return render.contact_sheet(cells, columns=min(4, len(cells)), cell=size, title=image.name)
+        swatch = render.style_swatch([imageio.load_image(path, max_pixels=caps.max_input_pixels).image
+                                      for path, _ in styles])
+        ran = f"{preset.steps} step{'' if preset.steps == 1 else 's'}"
+        cells.append(render.Cell(f"{name} · {ran}", outcome.rendered.image, inset=swatch))
+    return render.contact_sheet(cells, columns=min(4, len(cells)), cell=size, title=image.name,
+                                subtitle=f"previews at {size} px (shorter side)")

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import load_config
 from ..failures import JobFailure
+from ..hotfolder.layout import is_image, unsupported_reason
 from ..presets import Preset, PresetError, PresetLibrary
 from .common import EXIT_JOB_FAILED, EXIT_OK, CommandError, add_engine_options, error, load_resident
 
@@ -65,7 +66,7 @@ def load_preset(library: PresetLibrary, name_or_file: str, overrides: dict[str, 
         return library.load_file(path, overrides), str(path)
     found = library.find(name_or_file)
     if found is None:
-        raise PresetError(f"unknown preset {name_or_file!r} (known: {', '.join(library.names())})")
+        raise PresetError(library.unknown(name_or_file))
     return library.load_file(found, overrides), name_or_file
 
 
@@ -76,9 +77,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     preset_dir = [Path(source).parent] if Path(source).is_file() else []
     styles = [(library.resolve_style(ref.path, operator_path_ok=True, operator_dirs=preset_dir), ref.weight)
               for ref in preset.style_refs()]
+    # Every input checked before VGG19 loads, with the daemon's sentence for each.
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         raise CommandError(f"no such image: {', '.join(missing)}")
+    unsupported = [unsupported_reason(str(p)) for p in args.images if not is_image(p.name)]
+    if unsupported:
+        raise CommandError("\n".join(f"unsupported_file: {reason}" for reason in unsupported), EXIT_JOB_FAILED)
 
     from ..hotfolder.console import step_reporter
     from ..hotfolder.service import caps_of

@@ -5,19 +5,22 @@ No torch: these run in an editor's export hook or a shell and must start fast.
 
 from __future__ import annotations
 
-import os
+import datetime as dt
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import CONFIG_NAME
+from ..config import CONFIG_NAME, Config
 from ..fsops import atomic_write, free_names
+from ..presets import PresetLibrary
+from .claims import is_held
 from .journal import JobState, Journal
-from .layout import PRESET_FILE, HotFolder, is_ignored, is_image
+from .layout import HotFolder, is_ignored
+from .watcher import Inbox
 
-__all__ = ["CONFIG_TEMPLATE", "init_root", "status_report", "submit_files"]
+__all__ = ["CONFIG_TEMPLATE", "clock", "init_root", "status_report", "submit_files"]
 
 CONFIG_TEMPLATE = """\
 # stylefold configuration. Every key is optional; the values shown are the defaults,
@@ -51,11 +54,16 @@ CONFIG_TEMPLATE = """\
 
 
 def init_root(root: Path) -> list[Path]:
-    """Create the hot-folder tree and a commented config; returns what was created."""
+    """Create the hot-folder tree, ``inbox/NAME/`` for each built-in preset (a photo
+    dropped there is made with that preset) and a commented config; returns what was
+    created. Nothing that exists is touched."""
     hot = HotFolder(root)
-    created = [p for p in (hot.inbox, hot.styles, hot.outbox, hot.logs, hot.done, hot.failed, hot.work)
-               if not p.exists()]
+    preset_inboxes = [hot.inbox / name for name in PresetLibrary.default().names()]
+    created = [p for p in (hot.inbox, *preset_inboxes, hot.styles, hot.outbox, hot.logs, hot.done, hot.failed,
+                           hot.work) if not p.exists()]
     hot.ensure()
+    for folder in preset_inboxes:
+        folder.mkdir(exist_ok=True)
     config = root / CONFIG_NAME
     if not config.exists():
         config.write_text(CONFIG_TEMPLATE, encoding="utf-8")
@@ -113,37 +121,51 @@ def _copy_in(src: Path, dest: Path) -> Path:
     return dest
 
 
-def status_report(root: Path, recent: int = 10) -> dict[str, Any]:
-    """Queue, running jobs with progress, recent results and failures."""
-    hot = HotFolder(root)
-    waiting = []
-    if hot.inbox.is_dir():
-        for dirpath, dirnames, filenames in os.walk(hot.inbox):
-            dirnames[:] = [d for d in dirnames if not is_ignored(d)]
-            for name in filenames:
-                counted = is_image(name) or not name.endswith(".json")
-                if counted and not is_ignored(name) and name.lower() != PRESET_FILE:
-                    waiting.append(hot.relative(Path(dirpath) / name))
-    report: dict[str, Any] = {"root": str(hot.root.absolute()), "waiting": sorted(waiting), "running": [],
-                              "recent_done": [], "recent_failed": [], "counts": {}}
+def status_report(config: Config, recent: int = 10) -> dict[str, Any]:
+    """Queue (with why each file waits), running and interrupted jobs with progress,
+    recent results and failures. Counts the queue as the daemon's console does."""
+    hot = HotFolder(config.root)
+    now = time.time()
+    library = PresetLibrary.for_config(config)
+    inbox = Inbox(hot, config.settle_s, config.pair_timeout_s, has_preset=lambda n: library.find(n) is not None,
+                  default_preset=config.default_preset)
+    inbox.scan(now, from_mtime=True)
+    queue = inbox.queue(now, clock=clock)
+    report: dict[str, Any] = {
+        "root": str(hot.root.absolute()), "waiting": [w.source for w in queue],
+        "queue": [{"source": w.source, "reason": w.reason, "since": round(w.since, 3)} for w in queue],
+        "running": [], "recent_done": [], "recent_failed": [], "counts": {},
+    }
     if not hot.journal.exists():
         return report
     journal = Journal(hot.journal)
     try:
         report["counts"] = journal.counts()
         for record in journal.by_state(JobState.RUNNING) + journal.by_state(JobState.QUEUED):
-            # A row whose claim folder is gone belongs to a process that died after
-            # moving the originals out: the file is in done/ or failed/, not running.
-            state = record.state.value if (hot.work / record.id).is_dir() else "stale"
-            report["running"].append({"job": record.id, "source": record.source, "state": state,
+            report["running"].append({"job": record.id, "source": record.source, "state": _claim_state(hot, record.id),
                                       "attempts": record.attempts, "progress": record.progress,
-                                      "since_s": round(time.time() - record.updated, 1)})
+                                      "since_s": round(now - record.updated, 1), "updated": record.updated})
         for record in journal.by_state(JobState.DONE, recent):
-            report["recent_done"].append({"source": record.source, "output": record.output,
-                                          "at": record.updated})
+            report["recent_done"].append({"source": record.source, "output": record.output, "at": record.updated})
         for record in journal.by_state(JobState.FAILED, recent):
             report["recent_failed"].append({"source": record.source, "kind": record.error_kind,
                                             "error": record.error, "at": record.updated})
     finally:
         journal.close()
     return report
+
+
+def _claim_state(hot: HotFolder, job_id: str) -> str:
+    """``running`` while a live process holds the claim; ``interrupted`` when none does
+    (the next start resumes it); ``stale`` when the claim is gone (a process died after
+    moving the originals out: the file is in done/ or failed/)."""
+    folder = hot.work / job_id
+    if not folder.is_dir():
+        return "stale"
+    return "running" if is_held(folder) else "interrupted"
+
+
+def clock(t: float) -> str:
+    """A wall-clock time as a person reads it: HH:MM:SS today, else the date too."""
+    moment = dt.datetime.fromtimestamp(t)
+    return moment.strftime("%H:%M:%S" if moment.date() == dt.date.today() else "%Y-%m-%d %H:%M:%S")

@@ -25,9 +25,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ..failures import FailureKind
 from ..fsops import move_no_clobber, write_atomic
@@ -35,7 +34,7 @@ from ..job.spec import JobSpec
 from .layout import HotFolder
 from .origins import Origin, SidecarPreset
 
-__all__ = ["Claim", "ClaimMeta", "FailureNote", "FinalMove", "claim", "interrupted_claims"]
+__all__ = ["Claim", "ClaimMeta", "FailureNote", "FinalMove", "claim", "interrupted_claims", "is_held"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +57,16 @@ class FailureNote(_Model):
 class FinalMove(_Model):
     """Where the image went when the job ended (its sidecar follows it there)."""
 
-    dest: Annotated[str, Field(pattern=r"^(done|failed)$")]
+    dest: str  # the folder under the root: done or failed, then the inbox subfolder
     image: str
+
+    @field_validator("dest")
+    @classmethod
+    def _under_done_or_failed(cls, dest: str) -> str:
+        parts = dest.split("/")
+        if parts[0] not in ("done", "failed") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"not a folder under done/ or failed/: {dest!r}")
+        return dest
 
 
 class ClaimMeta(_Model):
@@ -68,6 +75,7 @@ class ClaimMeta(_Model):
     origin: Origin
     claimed_at: float
     sidecar: str | None = None
+    sha256: str = ""  # the image's, once read (a failed job has one too: a retry clears it)
     spec: JobSpec | None = None
     failure: FailureNote | None = None
     final: FinalMove | None = None
@@ -140,6 +148,22 @@ def _lock(folder: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def is_held(folder: Path) -> bool:
+    """Whether a live process holds the claim in ``folder`` (a shared lock is refused
+    while its exclusive one is held). Creates nothing."""
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we got
+    return False
 
 
 def claim(hot: HotFolder, image: Path, sidecar: Path | None, source: str, origin: Origin) -> Claim | None:

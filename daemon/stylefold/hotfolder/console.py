@@ -11,18 +11,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ..engine.steps import StepInfo
 from ..job.spec import JobSpec
+from .watcher import Waiting
 
-__all__ = ["ServeConsole", "StepReporter", "console", "is_interactive",
-           "step_reporter"]
+__all__ = ["RateMeter", "ServeConsole", "StepReporter", "console", "eta_text", "is_interactive", "step_reporter"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,34 @@ def is_interactive() -> bool:
     return console().is_terminal and not os.environ.get("JOURNAL_STREAM")
 
 
-def rate_and_eta(info: StepInfo) -> tuple[float, float]:
-    """Steps per second so far and seconds left at that rate (NaN while unknown)."""
-    rate = info.step / info.elapsed_s if info.elapsed_s > 0 else 0.0
-    eta = (info.steps - info.step) / rate if rate > 0 else float("nan")
-    return rate, eta
+class RateMeter:
+    """Steps per second over the last ``window`` steps, and the time left at that rate.
+
+    Not the average since the start: a job's first steps (targets, kernel choice, a
+    resume's offset) are no guide to the rest. The ETA is called a guess until it rests
+    on ``min_steps`` steps spanning ``min_span_s`` seconds.
+    """
+
+    def __init__(self, window: int = 20, min_steps: int = 10, min_span_s: float = 5.0) -> None:
+        self._points: deque[tuple[int, float]] = deque(maxlen=window)
+        self._min_steps, self._min_span_s = min_steps, min_span_s
+
+    def update(self, info: StepInfo) -> tuple[float, float, bool]:
+        """(steps/s, seconds left or NaN, whether the ETA is still a guess)."""
+        if self._points and info.step <= self._points[-1][0]:
+            self._points.clear()  # a new job, or a new scale
+        self._points.append((info.step, info.elapsed_s))
+        (s0, t0), (s1, t1) = self._points[0], self._points[-1]
+        rate = (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else 0.0
+        eta = (info.steps - info.step) / rate if rate > 0 else float("nan")
+        guess = len(self._points) < self._min_steps or t1 - t0 < self._min_span_s
+        return rate, eta, guess
+
+
+def eta_text(eta: float, guess: bool) -> str:
+    if eta != eta:
+        return "time left unknown yet"
+    return f"~{eta:.0f} s left (a first guess)" if guess else f"{eta:.0f} s left"
 
 
 class StepReporter:
@@ -59,23 +83,24 @@ class StepReporter:
         self._task = progress.add_task(label, total=total, losses="", rate="") if progress else None
         self._log_every_s = log_every_s
         self._last_log = time.monotonic()
+        self._meter = RateMeter()
 
     def __call__(self, info: StepInfo) -> None:
-        rate, eta = rate_and_eta(info)
+        rate, eta, guess = self._meter.update(info)
         if self._progress is not None and self._task is not None:
             self._progress.update(
                 self._task, completed=info.step,
                 losses=f"total {info.total_loss:.4g}  style {info.style_loss:.4g}  content {info.content_loss:.4g}",
-                rate=f"{rate:.2f} steps/s",
+                rate=f"{rate:.2f} steps/s, {eta_text(eta, guess)}",
             )
             return
         now = time.monotonic()
         if now - self._last_log >= self._log_every_s or info.step == info.steps:
             self._last_log = now
             logger.info(
-                "%s: step %d/%d total=%.4g style=%.4g content=%.4g %.2f steps/s ETA %.0fs",
+                "%s: step %d/%d total=%.4g style=%.4g content=%.4g %.2f steps/s, %s",
                 self.label, info.step, info.steps, info.total_loss, info.style_loss,
-                info.content_loss, rate, eta,
+                info.content_loss, rate, eta_text(eta, guess),
             )
 
 
@@ -86,7 +111,7 @@ def step_reporter(label: str, total: int, log_every_s: float = 10.0) -> Iterator
         return
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[losses]}"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+        TextColumn("{task.fields[losses]}"), TextColumn("{task.fields[rate]}"),
     )
     with Progress(*columns, console=console(), transient=False) as progress:
         yield StepReporter(label, total, progress, log_every_s)
@@ -103,7 +128,9 @@ class ServeConsole:
     def __init__(self, log_every_s: float = 10.0) -> None:
         self.log_every_s = log_every_s
         self.interactive = is_interactive()
-        self._waiting = 0
+        self._waiting: Sequence[Waiting] = ()
+        self._meter = RateMeter()
+        self._eta = (0.0, float("nan"), True)
         self._job: str | None = None
         self._steps = 0
         self._info: StepInfo | None = None
@@ -124,31 +151,34 @@ class ServeConsole:
             self._live.__exit__(*exc)
             self._live = None
 
-    def queue(self, waiting: int) -> None:
+    def queue(self, waiting: Sequence[Waiting]) -> None:
         self._waiting = waiting
         self._refresh()
 
     def job_started(self, name: str, spec: JobSpec) -> None:
         preset = spec.preset
         self._job, self._steps, self._info = name, preset.steps, None
+        self._meter = RateMeter()
         self._last_log = time.monotonic()
         logger.info("job start %s (%d steps, size %d)", name, preset.steps, preset.size)
         self._refresh()
 
     def step(self, name: str, info: StepInfo) -> None:
         self._info = info
+        self._eta = self._meter.update(info)
         now = time.monotonic()
         if not self.interactive and now - self._last_log >= self.log_every_s:
             self._last_log = now
-            rate, eta = rate_and_eta(info)
-            logger.info("job %s step %d/%d total=%.4g %.2f steps/s ETA %.0fs", name, info.step, info.steps,
-                        info.total_loss, rate, eta)
+            rate, eta, guess = self._eta
+            logger.info("job %s step %d/%d total=%.4g %.2f steps/s, %s", name, info.step, info.steps,
+                        info.total_loss, rate, eta_text(eta, guess))
         self._refresh()
 
     def job_ended(self, name: str, outcome: str, seconds: float) -> None:
-        logger.info("job end %s: %s in %.1f s", name, outcome, seconds)
+        # No log line: the service logs the one line of a job's end.
         self._recent = [(name, outcome, seconds), *self._recent][:8]
-        self._job, self._info = None, None
+        if name == self._job:  # a file failed between two steps of the running job leaves it shown
+            self._job, self._info = None, None
         self._refresh()
 
     def _refresh(self) -> None:
@@ -158,7 +188,7 @@ class ServeConsole:
     def _render(self) -> Any:
         from rich.table import Table
 
-        table = Table(title=f"stylefold: {self._waiting} waiting", expand=False, show_header=True)
+        table = Table(title=f"stylefold: {len(self._waiting)} waiting", expand=False, show_header=True)
         table.add_column("job")
         table.add_column("progress")
         table.add_column("losses")
@@ -168,10 +198,14 @@ class ServeConsole:
             if info is None:
                 table.add_row(self._job, "starting", "", "")
             else:
-                rate, eta = rate_and_eta(info)
+                rate, eta, guess = self._eta
                 losses = f"total {info.total_loss:.4g} style {info.style_loss:.4g} content {info.content_loss:.4g}"
                 table.add_row(self._job, f"{info.step}/{info.steps}", losses,
-                              f"{rate:.2f} steps/s, {eta if eta == eta else 0.0:.0f}s left")
+                              f"{rate:.2f} steps/s, {eta_text(eta, guess)}")
+        for entry in self._waiting[:8]:
+            table.add_row(entry.source, "waiting", entry.reason, "")
+        if len(self._waiting) > 8:
+            table.add_row(f"... and {len(self._waiting) - 8} more", "waiting", "", "")
         for name, outcome, seconds in self._recent:
             table.add_row(name, outcome, "", f"{seconds:.1f}s")
         return table

@@ -17,7 +17,7 @@ from ..failures import FailureKind, JobFailure, classify
 from ..job.spec import Caps, JobSpec
 from ..presets import Preset, PresetError, PresetLibrary, read_preset_json
 from .claims import Claim, FailureNote
-from .layout import HotFolder
+from .layout import HotFolder, unsupported_reason
 from .origins import DefaultPreset, FolderPreset, NamedPreset, Rejected, SidecarPreset, describe_origin
 
 __all__ = ["describe"]
@@ -40,16 +40,17 @@ def describe(claim: Claim, hot: HotFolder, library: PresetLibrary, caps: Caps) -
 
 def _spec(claim: Claim, hot: HotFolder, library: PresetLibrary, caps: Caps) -> JobSpec:
     meta = claim.meta
-    if isinstance(meta.origin, Rejected):
-        raise JobFailure(_rejection(meta.origin, meta.source), kind=meta.origin.failure)
     if claim.image.is_symlink():
         # Never followed: a link could point at any file the daemon can read.
         raise JobFailure(f"{meta.name} is a symbolic link; links are not followed, drop the file itself",
                          kind=FailureKind.UNSUPPORTED_FILE)
     try:
-        image_sha = sha256_file(claim.image)
+        # Hashed first, a file that fails too: a successful retry clears its error file.
+        image_sha = meta.sha256 = sha256_file(claim.image)
     except OSError as exc:  # unreadable (permissions): fail it, never crash-loop on it
         raise JobFailure(f"{meta.name} cannot be read ({exc.strerror})", kind=FailureKind.UNREADABLE_IMAGE) from exc
+    if isinstance(meta.origin, Rejected):
+        raise JobFailure(_rejection(meta.origin, meta.source, library), kind=meta.origin.failure)
     preset = _preset(claim, hot, library)
     try:
         # The OS refusing a style path (a 300-character name is ENAMETOOLONG, an
@@ -69,8 +70,10 @@ def _preset(claim: Claim, hot: HotFolder, library: PresetLibrary) -> Preset:
     if isinstance(origin, SidecarPreset):
         # The sidecar moved into the claim; one shared by a.jpg and a.png stays in the
         # inbox for the other image and is read there.
-        inbox_path = hot.inbox / Path(source).parent / origin.file
-        path = claim.sidecar if claim.sidecar is not None else inbox_path
+        if claim.sidecar is None and not origin.shared:
+            raise JobFailure(f"the sidecar {origin.file} of {source} was taken away before the job started",
+                             kind=FailureKind.NO_PRESET)
+        path = claim.sidecar or hot.inbox / Path(source).parent / origin.file
         return _from_file(library, path, _inbox_label(source, origin.file))
     if isinstance(origin, FolderPreset):
         return _from_file(library, hot.inbox / origin.file, f"inbox/{origin.file}")
@@ -95,12 +98,15 @@ def _inbox_label(source: str, name: str) -> str:
     return f"inbox/{Path(source).with_name(name)}"
 
 
-def _rejection(origin: Rejected, source: str) -> str:
-    name = Path(source).name
+def _rejection(origin: Rejected, source: str, library: PresetLibrary) -> str:
+    name, parts = Path(source).name, Path(source).parts
     if origin.failure == FailureKind.UNSUPPORTED_FILE:
-        return (f"{name} is not an image stylefold reads (JPEG, PNG, TIFF, WebP, BMP); export RAW and other "
-                "formats first")
+        return unsupported_reason(name)
     if origin.failure == FailureKind.NO_IMAGE:
         return f"{name} is a preset sidecar whose image never arrived"
-    return (f"no preset for {source}: no sidecar, no preset.json, no preset named after its folder and no "
-            "default_preset")
+    if len(parts) > 1:
+        folder = parts[0]
+        return (f"inbox/{folder}/ is named after no preset, and {name} has no sidecar or preset.json: "
+                f"{library.unknown(folder, 'folder preset')}")
+    return (f"no preset for {source}: no sidecar {Path(source).stem}.json, no preset.json and no default_preset; "
+            "drop it into inbox/PRESET/ (one of: " + ", ".join(library.names()) + ")")

@@ -156,6 +156,14 @@ class Journal:
         ).fetchone()
         return _record(row) if row else None
 
+    def failed_with(self, sha256: str) -> list[JobRecord]:
+        """Failed jobs of these bytes (their ``output`` is their error file)."""
+        rows = self._conn().execute(
+            "SELECT * FROM jobs WHERE sha256 = ? AND state = ? ORDER BY updated DESC LIMIT 100",
+            (sha256, JobState.FAILED.value),
+        ).fetchall()
+        return [_record(r) for r in rows]
+
     def by_state(self, state: JobState, limit: int = 100) -> list[JobRecord]:
         rows = self._conn().execute(
             "SELECT * FROM jobs WHERE state = ? ORDER BY updated DESC LIMIT ?", (state.value, limit)

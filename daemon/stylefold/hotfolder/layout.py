@@ -12,6 +12,7 @@ __all__ = [
     "HotFolder",
     "is_ignored",
     "is_image",
+    "unsupported_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,24 @@ def is_ignored(name: str) -> bool:
 
 def is_image(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+_RAW_SUFFIXES = frozenset({".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".raf", ".orf",
+                           ".rw2", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".raw"})
+_EXPORT_FIRST = frozenset({".heic", ".heif", ".avif", ".psd", ".psb", ".gif", ".jxl", ".jp2", ".svg", ".ico"})
+
+
+def unsupported_reason(name: str) -> str:
+    """Why a file that is not a supported image cannot be processed, in a sentence that
+    fits it: a camera RAW, an image format to export from, or something else."""
+    suffix = Path(name).suffix.lower()
+    readable = "stylefold reads JPEG, PNG, TIFF, WebP and BMP"
+    if suffix in _RAW_SUFFIXES:
+        return f"{name} is a camera RAW file; develop and export it as JPEG or TIFF first ({readable})"
+    if suffix in _EXPORT_FIRST:
+        return f"{name} is a {suffix[1:].upper()} image; export it as JPEG, PNG or TIFF first ({readable})"
+    kind = f"a {suffix} file" if suffix else "a file without an extension"
+    return f"{name} is not an image stylefold reads ({kind}; {readable})"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,24 +27,27 @@ from ..config import Config
 from ..engine.steps import StepInfo
 from ..job.spec import Caps, JobSpec
 from ..presets import PresetLibrary
+from .admin import clock
 from .claims import Claim, claim, interrupted_claims
 from .describe import describe
 from .journal import Journal
 from .layout import HotFolder
-from .origins import SidecarPreset
+from .origins import Rejected, SidecarPreset
 from .runner import JobEnd, JobEvents, JobRunner
 from .sdnotify import WatchdogGate
-from .watcher import Candidate, Inbox, InboxWatcher
+from .watcher import Candidate, Inbox, InboxWatcher, Waiting
 
 __all__ = ["Service", "ServiceView", "caps_of", "install_signal_handlers"]
 
 logger = logging.getLogger(__name__)
 
+SIDE_SCAN_S = 1.0  # how often a running job's steps make room for the inbox
+
 
 class ServiceView(Protocol):
     """What the console (rich live view or log lines) is told."""
 
-    def queue(self, waiting: int) -> None: ...
+    def queue(self, waiting: Sequence[Waiting]) -> None: ...
     def job_started(self, name: str, spec: JobSpec) -> None: ...
     def step(self, name: str, info: StepInfo) -> None: ...
     def job_ended(self, name: str, outcome: str, seconds: float) -> None: ...
@@ -100,6 +103,7 @@ class Service:
         self.gate = WatchdogGate(["watcher", "worker"])
         self._last_reconcile = 0.0
         self._last_ping = 0.0
+        self._last_side_scan = 0.0
         self._current: str | None = None
 
     # ------------------------------------------------------------ control
@@ -150,6 +154,7 @@ class Service:
         for candidate in self.inbox.ready(now):
             taken = self._claim(candidate)
             if taken is not None:
+                self._status()  # the queue shrank: say so before the job's first step
                 self._work(taken)
                 return True
         return False
@@ -186,14 +191,17 @@ class Service:
             describe(job, self.hot, self.library, self.caps)
         started = time.monotonic()
         name = job.meta.source
-        self._current = name
+        running, self._current = self._current, name
         try:
-            outcome = self.runner.run(job, should_stop=self._stop.is_set)
+            result = self.runner.run(job, should_stop=self._stop.is_set)
         finally:
-            self._current = None
-        self.counts[outcome.value] = self.counts.get(outcome.value, 0) + 1
+            self._current = running  # None, or the job this one failed beside
+        seconds = time.monotonic() - started
+        self.counts[result.end.value] = self.counts.get(result.end.value, 0) + 1
+        # The one line a job's end gets, on a terminal and in the journal alike.
+        (logger.error if result.end is JobEnd.FAILED else logger.info)(result.line(name, seconds))
         if self.view is not None:
-            self.view.job_ended(name, outcome.value, time.monotonic() - started)
+            self.view.job_ended(name, result.end.value, seconds)
         self._status()
 
     def _idle(self) -> None:
@@ -218,8 +226,24 @@ class Service:
         if self.view is not None:
             self.view.step(job.meta.source, info)
         self._ping_watchdog()
+        self._between_steps(info)
         if info.step % 10 == 0 or info.step == info.steps:
             self._status(info)
+
+    def _between_steps(self, info: StepInfo) -> None:
+        """While a job runs, the inbox's clocks keep going: files settle, pairing
+        timeouts run out, and what fails without the model (an orphan sidecar, no
+        preset, not an image) fails now, not after the running job."""
+        now = time.monotonic()
+        if now - self._last_side_scan < SIDE_SCAN_S or self._stop.is_set():
+            return
+        self._last_side_scan = now
+        self.inbox.scan(now)
+        for candidate in [c for c in self.inbox.ready(now) if isinstance(c.origin, Rejected)]:
+            taken = self._claim(candidate)
+            if taken is not None:
+                self._work(taken)
+        self._status(info)
 
     def _ping_watchdog(self) -> None:
         """WATCHDOG=1 at half of WATCHDOG_USEC, and only while the watcher thread lives
@@ -241,9 +265,13 @@ class Service:
             logger.warning("not pinging the watchdog: %s silent", ", ".join(self.gate.stale(now, 2 * interval)))
 
     def _status(self, info: StepInfo | None = None) -> None:
-        waiting = self.inbox.waiting()
         if self.view is not None:
-            self.view.queue(waiting)
+            offset = time.time() - time.monotonic()  # the queue's times are monotonic
+            queue = self.inbox.queue(time.monotonic(), clock=lambda t: clock(t + offset))
+            self.view.queue(queue)
+            waiting = len(queue)
+        else:
+            waiting = self.inbox.waiting()
         text = f"{waiting} waiting"
         if self._current and info is not None:
             text += f"; {self._current} step {info.step}/{info.steps}"

@@ -27,7 +27,7 @@ from ..failures import FailureKind
 from .layout import PRESET_FILE, HotFolder, is_ignored, is_image
 from .origins import DefaultPreset, FolderPreset, NamedPreset, Origin, Rejected, SidecarPreset
 
-__all__ = ["Candidate", "Inbox", "InboxWatcher"]
+__all__ = ["Candidate", "Inbox", "InboxWatcher", "Waiting"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,16 @@ class Candidate:
     sidecar: Path | None
     origin: Origin
     source: str  # path relative to the inbox
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A file the queue shows, and why it waits. An image and its sidecar are one entry;
+    a folder's preset.json is none (it stays for the next photo)."""
+
+    source: str  # path relative to the inbox
+    reason: str
+    since: float  # when it was first seen unchanged, on the caller's clock
 
 
 @dataclass
@@ -65,19 +75,56 @@ class Inbox:
     _images: Counter[tuple[Path, str]] = field(default_factory=Counter)
     _folder_presets: dict[Path, Path] = field(default_factory=dict)
 
-    def scan(self, now: float) -> None:
+    def scan(self, now: float, *, from_mtime: bool = False) -> None:
+        """Look at the inbox. ``from_mtime``: a file seen for the first time counts as
+        changed at its mtime, not ``now`` (``now`` is then wall-clock time): what
+        ``stylefold status`` uses to say why files wait, without watching them."""
         present: set[Path] = set()
         for path, st in _walk(self.hot.inbox):
             present.add(path)
             seen = self._seen.get(path)
             if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
-                self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+                changed = min(now, st.st_mtime_ns / 1e9) if from_mtime and seen is None else now
+                self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, changed)
         for gone in set(self._seen) - present:
             del self._seen[gone]
 
     def waiting(self) -> int:
-        """Files in the inbox still to be handed out (folder preset.json files stay)."""
-        return sum(1 for p in self._seen if p.name.lower() != PRESET_FILE)
+        """How many entries the queue has (``queue``): the one count the console and
+        ``stylefold status`` show."""
+        self._index()
+        return sum(1 for path in self._seen if self._listed(path))
+
+    def _listed(self, path: Path) -> bool:
+        name = path.name.lower()
+        return name != PRESET_FILE and not (name.endswith(".json") and self._has_image(path))
+
+    def queue(self, now: float, clock: Callable[[float], str] = lambda t: f"{t:.0f}") -> list[Waiting]:
+        """Every file still to be handed out, oldest first, with why it waits.
+        ``clock`` turns a time on ``now``'s clock into what a person reads (HH:MM:SS)."""
+        self._index()
+        entries = []
+        for path, seen in sorted(self._seen.items(), key=lambda kv: (kv[1].changed, kv[0])):
+            if not self._listed(path):
+                continue
+            entries.append(Waiting(self.hot.relative(path), self._reason(path, seen, now, clock), seen.changed))
+        return entries
+
+    def _reason(self, path: Path, seen: _Seen, now: float, clock: Callable[[float], str]) -> str:
+        if not self._settled(seen, now):
+            return f"settling: unchanged for {self.settle_s:g} s before it is taken"
+        timeout = clock((seen.ready_since or seen.changed + self.settle_s) + self.pair_timeout_s)
+        if path.suffix.lower() == ".json":
+            return f"a sidecar waiting for its image until {timeout}"
+        sidecar = self._sidecar_for(path)
+        if sidecar is not None and not self._settled(self._seen[sidecar], now):
+            return f"waiting for its sidecar {sidecar.name} to settle"
+        folder_preset = self._folder_presets.get(path.parent)
+        if folder_preset is not None and not self._settled(self._seen[folder_preset], now):
+            return f"waiting for {self.hot.relative(folder_preset)} to settle"
+        if self._pair(path, seen, now) is None and sidecar is None:
+            return f"waiting for a sidecar {path.stem}.json until {timeout}"
+        return "queued"
 
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
@@ -94,14 +141,7 @@ class Inbox:
 
     def ready(self, now: float) -> Iterator[Candidate]:
         """Settled files with their preset origin, oldest first."""
-        # Indexes by (folder, stem), built once per call: pairing stays linear in the
-        # number of files even when thousands arrive at once.
-        self._sidecars = {(p.parent, p.stem): p for p in self._seen
-                          if p.suffix.lower() == ".json" and p.name.lower() != PRESET_FILE}
-        # Any file but a .json has its sidecar (x.gif + x.json fail together).
-        self._images = Counter((p.parent, p.stem) for p in self._seen if p.suffix.lower() != ".json")
-        # preset.json in any case (Preset.json from a Windows share is the same file).
-        self._folder_presets = {p.parent: p for p in self._seen if p.name.lower() == PRESET_FILE}
+        self._index()
         for path, seen in sorted(self._seen.items(), key=lambda kv: kv[1].changed):
             if not self._settled(seen, now):
                 continue
@@ -110,6 +150,16 @@ class Inbox:
             candidate = self._pair(path, seen, now)
             if candidate is not None:
                 yield candidate
+
+    def _index(self) -> None:
+        # Indexes by (folder, stem), built once per call: pairing stays linear in the
+        # number of files even when thousands arrive at once.
+        self._sidecars = {(p.parent, p.stem): p for p in self._seen
+                          if p.suffix.lower() == ".json" and p.name.lower() != PRESET_FILE}
+        # Any file but a .json has its sidecar (x.gif + x.json fail together).
+        self._images = Counter((p.parent, p.stem) for p in self._seen if p.suffix.lower() != ".json")
+        # preset.json in any case (Preset.json from a Windows share is the same file).
+        self._folder_presets = {p.parent: p for p in self._seen if p.name.lower() == PRESET_FILE}
 
     def _settled(self, seen: _Seen, now: float) -> bool:
         return now - seen.changed >= self.settle_s
@@ -143,6 +193,10 @@ class Inbox:
             return Candidate(path, None, NamedPreset(name=parts[0]), source)
         if self.default_preset:
             return Candidate(path, None, DefaultPreset(name=self.default_preset), source)
+        if len(parts) > 1:
+            # inbox/gatsby/x.jpg: a folder named after no preset fails at once, naming
+            # the folder, rather than after pair_timeout_s with nothing said.
+            return Candidate(path, None, Rejected(failure=FailureKind.NO_PRESET), source)
         if timed_out:
             return Candidate(path, None, Rejected(failure=FailureKind.NO_PRESET), source)
         return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine.steps import StepInfo
-from ..failures import FailureKind, classify
+from ..failures import FailureKind, classify, one_line
 from ..fsops import atomic_write, move_no_clobber, write_atomic
 from ..job.checkpoint import Checkpoint, Rendered
 from ..job.publish import publish
@@ -28,7 +28,7 @@ from .claims import Claim, FinalMove
 from .journal import JobState, Journal
 from .layout import HotFolder
 from .origins import describe_origin
-from .runner import JobEnd, JobEvents
+from .runner import JobEnd, JobEvents, JobResult
 
 __all__ = ["FatalDeviceError", "Worker"]
 
@@ -52,12 +52,12 @@ class Worker:
     checkpoint_every: int = 50
     events: JobEvents = field(default_factory=JobEvents)
 
-    def run(self, claim: Claim, should_stop: Callable[[], bool]) -> JobEnd:
+    def run(self, claim: Claim, should_stop: Callable[[], bool]) -> JobResult:
         started = time.perf_counter()
         spec = claim.meta.spec
         attempt = self.journal.start_attempt(
             claim.job_id, name=claim.meta.name, source=claim.meta.source,
-            sha256=spec.input.sha256 if spec else "", preset_key=spec.result_key() if spec else "")
+            sha256=spec.input.sha256 if spec else claim.meta.sha256, preset_key=spec.result_key() if spec else "")
         try:
             return self._run(claim, attempt, should_stop, started)
         except FatalDeviceError:
@@ -67,7 +67,7 @@ class Worker:
             logger.exception("%s failed", claim.meta.source)
             return self._fail(claim, failure.kind, failure.message, started)
 
-    def _run(self, claim: Claim, attempt: int, should_stop: Callable[[], bool], started: float) -> JobEnd:
+    def _run(self, claim: Claim, attempt: int, should_stop: Callable[[], bool], started: float) -> JobResult:
         spec, failure = claim.meta.spec, claim.meta.failure
         if failure is not None or spec is None:
             kind = failure.kind if failure else FailureKind.INTERNAL
@@ -77,10 +77,9 @@ class Worker:
                               f"this file stopped the daemon {attempt - 1} times and was set aside", started)
         previous = self.journal.find_done(spec.input.sha256, spec.result_key())
         if previous is not None and previous.output and Path(previous.output).exists():
-            logger.info("%s: same photo and preset as job %s; result is %s", claim.meta.source, previous.id,
-                        previous.output)
-            self._finish(claim, previous.output)
-            return JobEnd.DUPLICATE
+            self._finish(claim, spec, previous.output)
+            return JobResult(JobEnd.DUPLICATE, output=previous.output,
+                             message=f"same photo and preset as job {previous.id}")
         if self.events.on_start:
             self.events.on_start(claim, spec)
         rendered = Rendered.load(claim.folder)
@@ -88,7 +87,7 @@ class Worker:
             outcome = run_job(spec, self.resident, self._callbacks(claim, should_stop), self._resume(claim))
             if isinstance(outcome, Stopped):
                 self._stopped(claim, spec, outcome.checkpoint)
-                return JobEnd.STOPPED
+                return JobResult(JobEnd.STOPPED, step=outcome.checkpoint.state.step)
             if isinstance(outcome, Failed):
                 if outcome.kind == FailureKind.DEVICE_ERROR:
                     raise FatalDeviceError(outcome.message)
@@ -98,9 +97,9 @@ class Worker:
             rendered.save(claim.folder)
         paths = publish(rendered, self.hot.outbox, self.hot.logs, reserved=_load_reserved(claim.folder),
                         on_reserve=lambda p: _save_reserved(claim.folder, p))
-        self._finish(claim, str(paths.image))
-        logger.info("done %s -> %s in %.1f s", claim.meta.source, paths.image, time.perf_counter() - started)
-        return JobEnd.DONE
+        moved = self._finish(claim, spec, str(paths.image))
+        _record_where_the_original_went(paths.report, claim, moved)
+        return JobResult(JobEnd.DONE, output=str(paths.image))
 
     # ------------------------------------------------------------ steps
 
@@ -136,29 +135,50 @@ class Worker:
                                                  "stopped": True})
         self.journal.set_state(claim.job_id, JobState.QUEUED)
         self.journal.undo_attempt(claim.job_id)  # a graceful stop is not a crash
-        logger.info("%s: stopped at step %d; checkpoint saved", claim.meta.source, checkpoint.state.step)
         claim.release()
 
-    def _finish(self, claim: Claim, output: str) -> None:
-        self._move_originals(claim, self.hot.done)
+    def _finish(self, claim: Claim, spec: JobSpec, output: str) -> Path:
+        moved = self._move_originals(claim, self.hot.done)
         self.journal.set_state(claim.job_id, JobState.DONE, output=output)
         claim.finish()
+        self._clear_earlier_failures(spec.input.sha256)
+        return moved
 
-    def _move_originals(self, claim: Claim, dest: Path,
+    def _move_originals(self, claim: Claim, base: Path,
                         before_move: Callable[[Path], None] | None = None) -> Path:
+        """Into done/ or failed/, in the subfolder it came from (inbox/book/x.jpg ends
+        in done/book/x.jpg), under a free name."""
+        dest = base / Path(claim.meta.source).parent
         moved = move_no_clobber(claim.image, dest, companions=(".json", ".error.json"), before_move=before_move)
         if claim.sidecar is not None and claim.sidecar.exists():
             # Recorded before the sidecar moves: after a crash here, recovery sends the
             # sidecar after its image instead of back to the inbox as an orphan.
-            claim.meta.final = FinalMove(dest=dest.name, image=moved.name)
+            claim.meta.final = FinalMove(dest=dest.relative_to(self.hot.root).as_posix(), image=moved.name)
             claim.save_meta()
             move_no_clobber(claim.sidecar, dest, f"{moved.stem}.json")
         return moved
 
-    def _fail(self, claim: Claim, kind: FailureKind, message: str, started: float) -> JobEnd:
+    def _clear_earlier_failures(self, sha256: str) -> None:
+        """A photo that failed, was put back into the inbox and now succeeded: its old
+        error file in failed/ (whose photo is gone from there) no longer says anything
+        true, so it goes."""
+        for record in self.journal.failed_with(sha256):
+            error_file = Path(record.output) if record.output else None
+            if error_file is None or not error_file.is_file():
+                continue
+            try:
+                original = error_file.with_name(json.loads(error_file.read_bytes())["file"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if not original.exists():
+                error_file.unlink(missing_ok=True)
+                logger.info("removed %s: its photo was retried and is done", error_file.name)
+
+    def _fail(self, claim: Claim, kind: FailureKind, message: str, started: float) -> JobResult:
         """The error file is in place before the original appears in failed/ (SPEC §5):
         a client watching failed/ never sees a photo without its reason."""
         written: list[Path] = []
+        message = one_line(message)
 
         def write_error(target: Path) -> None:
             path = target.with_name(f"{target.stem}.error.json")
@@ -179,10 +199,22 @@ class Worker:
         for stale in written:  # names given up because the original's name was taken meanwhile
             if stale.stem != f"{moved.stem}.error":
                 stale.unlink(missing_ok=True)
-        self.journal.set_state(claim.job_id, JobState.FAILED, error_kind=kind.value, error=message)
+        error_file = moved.with_name(f"{moved.stem}.error.json")
+        self.journal.set_state(claim.job_id, JobState.FAILED, error_kind=kind.value, error=message,
+                               output=str(error_file) if error_file.is_file() else None)
         claim.finish()
-        logger.error("failed %s (%s): %s", claim.meta.source, kind.value, message)
-        return JobEnd.FAILED
+        return JobResult(JobEnd.FAILED, kind=kind, message=message)
+
+
+def _record_where_the_original_went(report_path: Path, claim: Claim, moved: Path) -> None:
+    """The report's input names where the photo came from and where it is now (its
+    claim folder, where it was rendered from, is gone)."""
+    try:
+        report = json.loads(report_path.read_bytes())
+        report["input"].update({"source": f"inbox/{claim.meta.source}", "path": str(moved)})
+        write_atomic(report_path, (json.dumps(report, indent=2) + "\n").encode())
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # the result is out; the report is a record
+        logger.warning("%s: could not record where the original went (%s)", report_path.name, exc)
 
 
 def _save_reserved(folder: Path, paths: OutputPaths) -> None:

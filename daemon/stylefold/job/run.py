@@ -101,7 +101,7 @@ def _run(spec: JobSpec, resident: Resident, callbacks: JobCallbacks, resume: Che
     precision = resolve_precision(spec.preset.precision, resident.device)
     prepared = prepare(spec)
     resume = _usable(resume, spec, prepared)
-    record = _Recorder(spec.identity(), callbacks, prepared.finish)
+    record = _Recorder(spec.identity(), callbacks, prepared.finish, original=prepared.content)
     if resume is not None:
         record.resume_from(resume)
     t_engine = time.perf_counter()
@@ -123,7 +123,9 @@ def _run(spec: JobSpec, resident: Resident, callbacks: JobCallbacks, resume: Che
 
 @dataclass
 class _Recorder:
-    """The loss rows and snapshots of a run, fed by the engine's callbacks."""
+    """The loss rows and snapshots of a run, fed by the engine's callbacks. A run with
+    snapshots starts them with ``original`` (the photo at its working size) as step 0,
+    so its progress sheet shows where it began."""
 
     spec_identity: str
     callbacks: JobCallbacks
@@ -131,6 +133,7 @@ class _Recorder:
     rows: list[dict[str, float]] = field(default_factory=list)
     snapshots: list[tuple[int, Image.Image]] = field(default_factory=list)
     offset_s: float = 0.0
+    original: torch.Tensor | None = None
 
     def resume_from(self, checkpoint: Checkpoint) -> None:
         self.rows, self.snapshots = list(checkpoint.rows), list(checkpoint.snapshots)
@@ -147,9 +150,17 @@ class _Recorder:
             self.callbacks.on_step(info)
 
     def snapshot(self, number: int, image: torch.Tensor) -> None:
-        snap = to_pil(self.finish(image))
+        # The engine's steps start at 1: step 0 is free for the photo itself. Added with
+        # the first snapshot (a restart clears it; a checkpoint carries it).
+        if self.original is not None and not any(step == 0 for step, _ in self.snapshots):
+            self.snapshots.insert(0, (0, self._thumbnail(self.original)))
+        self.snapshots.append((number, self._thumbnail(self.finish(image))))
+
+    @staticmethod
+    def _thumbnail(image: torch.Tensor) -> Image.Image:
+        snap = to_pil(image)
         snap.thumbnail((SNAPSHOT_CELL, SNAPSHOT_CELL))
-        self.snapshots.append((number, snap))
+        return snap
 
     def checkpoint(self, state: EngineState) -> None:
         if self.callbacks.on_checkpoint is not None:

@@ -63,12 +63,15 @@ class Caps(_Frozen):
     memory_budget_mb: Annotated[int, Field(ge=0)] = 0  # 0: automatic (engine.runtime)
 
     def check(self, preset: Preset) -> None:
+        problems = []
         if preset.steps > self.max_steps:
-            raise JobFailure(f"the preset asks for {preset.steps} steps; this server allows at most "
-                             f"{self.max_steps} (config max_steps)", kind=FailureKind.TOO_LARGE)
+            problems.append(f"the preset asks for {preset.steps} steps; this server allows at most "
+                            f"{self.max_steps} (config max_steps)")
         if preset.size > self.max_size:
-            raise JobFailure(f"the preset asks for size {preset.size}; this server allows at most "
-                             f"{self.max_size} (config max_size)", kind=FailureKind.TOO_LARGE)
+            problems.append(f"the preset asks for size {preset.size}; this server allows at most "
+                            f"{self.max_size} (config max_size)")
+        if problems:
+            raise JobFailure("\n".join(problems), kind=FailureKind.TOO_LARGE)
 
 
 class JobSpec(_Frozen):
@@ -121,11 +124,13 @@ class JobSpec(_Frozen):
         return result_key(self.preset, [(s.sha256, s.weight) for s in self.styles])
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
+        # json.dumps, not pydantic's JSON: a Linux file name that is not UTF-8 reaches
+        # Python with surrogate escapes, which json.dumps escapes and pydantic refuses.
+        return json.dumps(self.model_dump(mode="json"), indent=2)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> JobSpec:
-        return cls.model_validate_json(text)
+        return cls.model_validate(json.loads(text))
 
 
 def result_key(preset: Preset, styles: Sequence[tuple[str, float]]) -> str:

@@ -97,9 +97,12 @@ def losses_csv(rows: Iterable[Mapping[str, float]]) -> bytes:
 
 def write_logs(paths: OutputPaths, rows: Sequence[Mapping[str, float]], report: Mapping[str, Any],
                snapshots: Sequence[tuple[int, Image.Image]], title: str) -> None:
-    """Loss CSV, plot, progress sheet, then the report last: a report means done."""
+    """Loss CSV, plot, progress sheet, then the report last: a report means done. The
+    pictures say under their title what was run: preset, steps, seconds (from the report)."""
     write_atomic(paths.losses_csv, losses_csv(rows))
-    plot = render.loss_plot(rows, title=title)
+    preset, seconds = report.get("preset") or {}, report.get("seconds") or {}
+    caption = render.run_caption(str(preset.get("source") or ""), report.get("steps_run"), seconds.get("total"))
+    plot = render.loss_plot(rows, title=title, subtitle=caption)
     write_atomic(paths.plot, _encode(plot, "PNG"))
     if snapshots:
         # At most MAX_SHEET_CELLS, evenly spread and always with the last: a sheet of
@@ -107,7 +110,7 @@ def write_logs(paths: OutputPaths, rows: Sequence[Mapping[str, float]], report: 
         if len(snapshots) > MAX_SHEET_CELLS:
             pick = {round(i * (len(snapshots) - 1) / (MAX_SHEET_CELLS - 1)) for i in range(MAX_SHEET_CELLS)}
             snapshots = [snap for i, snap in enumerate(snapshots) if i in pick]
-        sheet = render.progress_sheet(snapshots, title=title)
+        sheet = render.progress_sheet(snapshots, title=title, subtitle=caption)
         write_atomic(paths.progress, _encode(sheet, "JPEG", quality=90))
     write_atomic(paths.report, (json.dumps(report, indent=2, sort_keys=False) + "\n").encode())
 
