@@ -184,6 +184,25 @@ def test_an_orphan_sidecar_fails_while_a_long_job_runs(rig: Rig, monkeypatch: py
     rig.assert_nothing_lost()
 
 
+def test_trouble_with_the_inbox_between_steps_never_fails_the_running_job(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(service_module, "SIDE_SCAN_S", 0.0)  # between every two steps
+    rig.drop_photo("five/p.jpg")
+    service = rig.make_service()
+    scan = service.inbox.scan
+
+    def broken_while_a_job_runs(now: float, **kw: Any) -> None:
+        if service._current is not None:
+            raise OSError("the inbox went away for a moment")
+        scan(now, **kw)
+
+    monkeypatch.setattr(service.inbox, "scan", broken_while_a_job_runs)
+    assert service.run(once=True) == 0
+    assert rig.results() == ["p-tex.jpg"] and rig.loss_steps("p-tex.jpg") == [1, 2, 3, 4, 5]
+    assert "handling the inbox between two steps failed" in caplog.text
+    rig.assert_nothing_lost()
+
+
 # ---------------------------------------------------------------- 5. the console tells the truth
 
 

@@ -238,11 +238,14 @@ class Service:
         if now - self._last_side_scan < SIDE_SCAN_S or self._stop.is_set():
             return
         self._last_side_scan = now
-        self.inbox.scan(now)
-        for candidate in [c for c in self.inbox.ready(now) if isinstance(c.origin, Rejected)]:
-            taken = self._claim(candidate)
-            if taken is not None:
-                self._work(taken)
+        try:
+            self.inbox.scan(now)
+            for candidate in [c for c in self.inbox.ready(now) if isinstance(c.origin, Rejected)]:
+                taken = self._claim(candidate)
+                if taken is not None:
+                    self._work(taken)
+        except Exception:  # another file's trouble must never fail the running job
+            logger.exception("handling the inbox between two steps failed; it is looked at again after the job")
         self._status(info)
 
     def _ping_watchdog(self) -> None:
