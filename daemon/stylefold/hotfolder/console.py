@@ -132,7 +132,6 @@ class ServeConsole:
         self._meter = RateMeter()
         self._eta = (0.0, float("nan"), True)
         self._job: str | None = None
-        self._steps = 0
         self._info: StepInfo | None = None
         self._recent: list[tuple[str, str, float]] = []
         self._last_log = 0.0
@@ -157,7 +156,7 @@ class ServeConsole:
 
     def job_started(self, name: str, spec: JobSpec) -> None:
         preset = spec.preset
-        self._job, self._steps, self._info = name, preset.steps, None
+        self._job, self._info = name, None
         self._meter = RateMeter()
         self._last_log = time.monotonic()
         logger.info("job start %s (%d steps, size %d)", name, preset.steps, preset.size)
