@@ -151,21 +151,33 @@ def test_read_only_inbox_fails_with_chown(monkeypatch: pytest.MonkeyPatch) -> No
     assert "chown" in check.fix
 
 
-def test_folders_on_two_filesystems_fail(hot: HotFolder, monkeypatch: pytest.MonkeyPatch) -> None:
+def _as_if_mounted(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """``os.stat`` says ``folder`` is on another device, as if it were a mount."""
     real_stat = os.stat
 
     def stat(path: os.PathLike[str] | str, *args: object, **kwargs: object) -> os.stat_result:
         result = real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
-        if Path(path) == hot.done:  # as if done/ were a mount of another disk
+        if Path(path) == folder:
             fields = list(result)
             fields[2] = result.st_dev + 1  # index 2 is st_dev
             return os.stat_result(fields)
         return result
 
     monkeypatch.setattr(os, "stat", stat)
+
+
+def test_done_on_another_filesystem_is_fine_and_said(hot: HotFolder, monkeypatch: pytest.MonkeyPatch) -> None:
+    _as_if_mounted(monkeypatch, hot.done)
+    check = _run(hot.root)["filesystem"]
+    assert check.status == "OK"
+    assert "done/ on another filesystem" in check.detail and "copy" in check.detail
+
+
+def test_state_on_another_filesystem_than_the_inbox_fails(hot: HotFolder, monkeypatch: pytest.MonkeyPatch) -> None:
+    _as_if_mounted(monkeypatch, hot.state)
     check = _run(hot.root)["filesystem"]
     assert check.status == "FAIL"
-    assert "done/" in check.detail
+    assert "inbox/ and .stylefold/" in check.detail
     assert "one filesystem" in check.fix
 
 
@@ -257,11 +269,11 @@ def test_missing_weights_file_fails(hot: HotFolder, tmp_path: Path) -> None:
 
 
 def test_weights_file_of_vgg19_passes_with_its_sha256(hot: HotFolder, weights_file: Path) -> None:
-    from stylefold.digest import sha256_file
+    from stylefold.safeopen import sha256_regular
 
     check = _run(hot.root, weights=str(weights_file))["weights"]
     assert check.status == "OK", check
-    assert sha256_file(weights_file) in check.detail
+    assert sha256_regular(weights_file) in check.detail
 
 
 def test_imagenet_weights_not_downloaded_warn_with_url_size_and_place(
@@ -314,7 +326,7 @@ def test_a_check_that_crashes_is_a_fail_not_an_exception(
     assert checks["disk"].status == "FAIL"
     assert "statvfs exploded" in checks["disk"].detail
     assert checks["folders"].status == "OK"  # the others still ran
-    assert len(checks) == 8
+    assert len(checks) == 9
 
 
 def test_format_checks_and_exit_code() -> None:

@@ -13,7 +13,7 @@ from stylefold.engine import color
 from stylefold.engine.features import WeightsError, build_extractor
 from stylefold.engine.layers import LAYER_NAMES
 from stylefold.engine.losses import gram_matrix, tv_loss
-from stylefold.engine.runtime import resolve_precision
+from stylefold.engine.runtime import cpu_bf16, resolve_precision
 from stylefold.engine.stylize import EngineError, StyleTargetCache, stylize
 from tests.conftest import book_params
 
@@ -279,8 +279,24 @@ def test_fp16_on_cpu_and_divergence_are_clear_errors(extractor):
 
 
 def test_auto_precision_on_cpu_follows_native_bf16():
-    expected = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    expected = "bf16" if cpu_bf16()[0] else "fp32"
     assert resolve_precision("auto", torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize(("cpuinfo", "native"), [
+    # A Xeon with AVX-512 and VNNI but no AVX512-BF16/AMX: oneDNN "supports" bf16 there,
+    # emulated, 60 % slower than fp32; auto must say fp32.
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n", False),
+    ("flags\t: avx2 avx512f avx512_bf16 avx512_vnni\n", True),  # Cooper Lake, Zen 4
+    ("flags\t: avx2 avx512f amx_tile amx_bf16 amx_int8\n", True),  # Sapphire Rapids
+    ("Features\t: fp asimd sve bf16 i8mm\n", True),  # arm64 Neoverse V1
+    ("Features\t: fp asimd\n", False),
+    ("", False),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo: str, native: bool) -> None:
+    found, why = cpu_bf16(cpuinfo)
+    assert found is native
+    assert why and (("native" in why) is native)
 
 
 # ------------------------------------------------------------------ colour

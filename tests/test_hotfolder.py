@@ -905,17 +905,25 @@ def test_init_creates_the_tree_and_a_config_whose_keys_are_all_valid(tmp_path: P
         assert (root / folder).is_dir(), folder
     text = (root / "stylefold.toml").read_text()
     assert tomllib.loads(text) == {}, "everything is commented out"
-    lines = re.findall(r"^# ([a-z_]+ = .*)$", text, re.MULTILINE)
+    lines = re.findall(r"^# (\[[a-z_]+\]|[a-z_]+ = .*)$", text, re.MULTILINE)
     settings = tomllib.loads("\n".join(lines))
     assert set(settings) == set(Config.model_fields), "every config key is documented, and only those"
+    for table in ("web", "cluster"):
+        model = type(getattr(Config(), table))
+        assert set(settings[table]) == set(model.model_fields), f"every [{table}] key is documented, and only those"
     Config.model_validate(settings)
     # "The values shown are the defaults", except where the comment says otherwise
     # ("(default: ...)") and for root, whose comment explains "." (this file's folder).
-    defaults = Config()
+    defaults, table = Config(), None
     for line in lines:
+        if line.startswith("["):
+            table = line.strip("[]")
+            continue
         key = line.split(" = ")[0]
+        given, default = ((settings[key], getattr(defaults, key)) if table is None
+                          else (settings[table][key], getattr(getattr(defaults, table), key)))
         if key != "root" and "(default:" not in line:
-            assert settings[key] == getattr(defaults, key), f"{line!r}: the default is {getattr(defaults, key)!r}"
+            assert given == default, f"{line!r}: the default is {default!r}"
 
     assert main(["init", str(root)]) == 0  # again: nothing is overwritten
     assert (root / "stylefold.toml").read_text() == text

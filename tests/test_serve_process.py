@@ -118,7 +118,7 @@ class Launcher:
         environ.update(PYTHONUNBUFFERED="1", **(env or {}))
         log = self.tmp_path / f"{name}.log"
         argv = [sys.executable, "-m", "stylefold", "serve", "--root", str(root),
-                "--weights", "random", "--device", "cpu", *(["--once"] if once else [])]
+                "--weights", "random", "--device", "cpu", "--web", "off", *(["--once"] if once else [])]
         with log.open("wb") as out:  # the child keeps its own descriptor
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env=environ, cwd=self.tmp_path)

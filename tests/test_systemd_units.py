@@ -131,4 +131,35 @@ def test_service_runs_serve_on_the_root() -> None:
 
 def test_template_instance_is_the_cuda_device() -> None:
     argv = shlex.split(dict(_directives(TEMPLATE))["ExecStart"])
-    assert argv == [INSTALLED_EXEC, "serve", "--root", "${STYLEFOLD_ROOT}", "--device", "cuda:%i"]
+    # One daemon per GPU: the page of their root is stylefold-web.service's, not theirs.
+    assert argv == [INSTALLED_EXEC, "serve", "--root", "${STYLEFOLD_ROOT}", "--device", "cuda:%i", "--web", "off"]
+
+
+# ---------------------------------------------------------------- the GPU worker (SPEC §8)
+
+WORKER = UNITS_DIR / "stylefold-worker@.service"
+
+
+def test_worker_instance_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    env = Path("/etc/stylefold/worker.env")
+    if not env.exists():  # verify refuses a unit whose EnvironmentFile= is missing
+        unit = tmp_path / "src" / WORKER.name
+        unit.parent.mkdir()
+        (tmp_path / "worker.env").write_text("STYLEFOLD_BROKER=redis://127.0.0.1:6379/0\n")
+        unit.write_text(WORKER.read_text().replace(f"EnvironmentFile={env}",
+                                                   f"EnvironmentFile={tmp_path / 'worker.env'}"))
+        _verify(unit, tmp_path / "stylefold-worker@0.service")
+    else:
+        _verify(WORKER, tmp_path / "stylefold-worker@0.service")
+
+
+def test_worker_unit_runs_one_worker_per_gpu_with_the_broker_from_an_environment_file() -> None:
+    d = dict(_directives(WORKER))
+    argv = shlex.split(d["ExecStart"])
+    assert argv == [INSTALLED_EXEC, "worker", "--device", "cuda:%i", "--name", "%H-gpu%i"]
+    assert d["EnvironmentFile"] == "/etc/stylefold/worker.env"  # the password lives there only
+    assert "redis://" not in WORKER.read_text().split("[Unit]")[1]  # never a URL in a directive
+    assert d["Restart"] == "on-failure" and d["KillSignal"] == "SIGTERM" and d["TimeoutStopSec"] == "90"
+    assert d["ProtectSystem"] == "strict" and "ReadWritePaths" not in d  # no shared hot folder
+    assert d["CacheDirectory"] == "stylefold-worker" and d["User"] == "stylefold"
+    assert d["DevicePolicy"] == "closed" and "MemoryDenyWriteExecute" not in d

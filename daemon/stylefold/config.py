@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["CONFIG_NAME", "Config", "ConfigError", "load_config"]
+__all__ = ["CONFIG_NAME", "ClusterConfig", "Config", "ConfigError", "WebConfig", "load_config"]
 
 CONFIG_NAME = "stylefold.toml"
 ENV_KEYS = {
@@ -23,10 +23,55 @@ ENV_KEYS = {
     "STYLEFOLD_DEVICE": "device",
     "STYLEFOLD_WEIGHTS": "weights",
 }
+# The [web] table's keys that the environment can set (SPEC §7).
+WEB_ENV_KEYS = {
+    "STYLEFOLD_WEB": "listen",
+    "STYLEFOLD_WEB_TOKEN": "token",
+}
+# The [cluster] table's keys that the environment can set (SPEC §8).
+CLUSTER_ENV_KEYS = {
+    "STYLEFOLD_BROKER": "broker",
+}
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; ``str()`` names the source and key."""
+
+
+class WebConfig(BaseModel):
+    """``[web]``: the status page and HTTP API (SPEC §7)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # HOST:PORT, or "off". Loopback unless a token is set: the API can submit jobs.
+    listen: Annotated[str, Field(min_length=1, max_length=300)] = "127.0.0.1:8707"
+    # Required for any listen address other than loopback; 16+ characters (a guessable
+    # token on a network is no lock).
+    token: Annotated[str, Field(min_length=16, max_length=512)] | None = None
+    # Host names (or addresses) the page is reached by besides the listen address,
+    # localhost, 127.0.0.1 and [::1]; any other Host header is refused (DNS rebinding).
+    names: list[Annotated[str, Field(min_length=1, max_length=253)]] = []
+    max_upload_mb: Annotated[int, Field(ge=1, le=100_000)] = 200
+
+
+class ClusterConfig(BaseModel):
+    """``[cluster]``: GPU workers on other machines through a Redis broker (SPEC §8)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # redis://[:PASSWORD@]HOST:PORT/DB; None: jobs run in this process (the default).
+    broker: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^rediss?://")] | None = None
+    # Jobs the daemon keeps in flight at once (claimed and queued or running on a worker):
+    # the number of workers plus one keeps every worker busy.
+    slots: Annotated[int, Field(ge=1, le=256)] = 4
+    # A worker renews its lease on a running job every lease_s / 4; a lease unrenewed for
+    # lease_s means the worker is gone, and the job goes to another one.
+    lease_s: Annotated[float, Field(ge=1, le=3600)] = 20.0
+    # Celery's redelivery of an unacknowledged message (kombu's visibility timeout); the
+    # lease, not this, keeps a long job from running twice.
+    visibility_timeout_s: Annotated[float, Field(ge=1, le=30 * 86_400)] = 3600.0
+    # Largest file (photo, style, result, checkpoint) that travels through the broker.
+    max_transfer_mb: Annotated[int, Field(ge=1, le=500)] = 200
 
 
 class Config(BaseModel):
@@ -54,6 +99,8 @@ class Config(BaseModel):
     poll: bool = False
     checkpoint_every: Annotated[int, Field(ge=1, le=100_000)] = 50
     log_every_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    web: WebConfig = WebConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def load_config(
@@ -74,6 +121,16 @@ def load_config(
         path = candidate if candidate.is_file() else None
     from_file = _read_toml(path) if path is not None else {}
     merged = {**from_file, **from_env, **cli}
+    web_env = {key: env[var] for var, key in WEB_ENV_KEYS.items() if env.get(var)}
+    if web_env:
+        web_file = from_file.get("web")
+        merged["web"] = {**(web_file if isinstance(web_file, dict) else {}), **web_env}
+        from_env = {**from_env, **{f"web.{k}": v for k, v in web_env.items()}}
+    cluster_env = {key: env[var] for var, key in CLUSTER_ENV_KEYS.items() if env.get(var)}
+    if cluster_env:
+        cluster_file = from_file.get("cluster")
+        merged["cluster"] = {**(cluster_file if isinstance(cluster_file, dict) else {}), **cluster_env}
+        from_env = {**from_env, **{f"cluster.{k}": v for k, v in cluster_env.items()}}
     try:
         config = Config.model_validate(merged)
     except ValidationError as exc:
@@ -110,7 +167,12 @@ def _message(exc: ValidationError, path: Path | None, env: Mapping[str, Any], cl
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
         top = str(err["loc"][0]) if err["loc"] else ""
-        if top in cli:
+        web_var = next((var for var, k in WEB_ENV_KEYS.items() if f"web.{k}" == key and key in env), None)
+        web_var = web_var or next((var for var, k in CLUSTER_ENV_KEYS.items()
+                                   if f"cluster.{k}" == key and key in env), None)
+        if web_var is not None:
+            source = web_var
+        elif top in cli:
             source = f"--{top.replace('_', '-')}"
         elif top in env:
             source = next(var for var, k in ENV_KEYS.items() if k == top)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 from enum import StrEnum
 
-__all__ = ["FailureKind", "JobFailure", "classify", "one_line"]
+__all__ = ["FailureKind", "JobFailure", "classify", "is_disk_full", "one_line"]
 
 
 class FailureKind(StrEnum):
@@ -71,6 +71,14 @@ def classify(exc: BaseException, *, device: str = "the device", size: int | None
                               kind=FailureKind.DISK_FULL)
         return JobFailure(f"file error: {exc.strerror or exc}", kind=FailureKind.INTERNAL)
     return JobFailure(f"internal error: {_first_line(exc) or type(exc).__name__}", kind=FailureKind.INTERNAL)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """No space (or quota) left: an OSError's ENOSPC/EDQUOT, or SQLite's "database or
+    disk is full" (SQLITE_FULL), which comes as a plain ``sqlite3.OperationalError``."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return type(exc).__name__ == "OperationalError" and "disk is full" in str(exc)
 
 
 def one_line(text: str) -> str:

@@ -8,8 +8,14 @@
   meanwhile), or a check and a rename on filesystems without hard links (FAT, some SMB).
 - ``free_names``: ``NAME``, ``NAME-2``, ``NAME-3``... the one sequence every
   "nothing is overwritten" choice walks (results, originals in done/ and failed/,
-  files submitted to the inbox).
-- ``move_no_clobber``: move into a folder under the first free such name.
+  files submitted to the inbox); each fits in 255 bytes (``names.fit``).
+- ``move_no_clobber``: move into a folder under the first free such name. Across
+  filesystems (``done/`` on a NAS mount) a rename is impossible: the file is copied to
+  a hidden temporary name there, fsynced, linked into place without clobbering, and
+  only then is the source unlinked. A crash in between leaves the source and, perhaps,
+  the complete copy: the caller records the target it was told (``before_move``) so
+  that its recovery can tell "moved but not yet unlinked" from "not moved"
+  (``hotfolder/claims.py`` does).
 """
 
 from __future__ import annotations
@@ -18,9 +24,14 @@ import errno
 import logging
 import os
 import secrets
+import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from .names import fit
+from .safeopen import open_regular
 
 __all__ = [
     "MAX_NAME_ATTEMPTS",
@@ -29,6 +40,7 @@ __all__ = [
     "fsync_directory",
     "move_no_clobber",
     "place_no_clobber",
+    "same_bytes",
     "write_atomic",
 ]
 
@@ -39,11 +51,13 @@ MAX_NAME_ATTEMPTS = 10_000
 _NO_LINKS = (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
 
 
-def free_names(stem: str) -> Iterator[str]:
-    """``stem``, ``stem-2``, ``stem-3``... up to ``MAX_NAME_ATTEMPTS`` names."""
-    yield stem
+def free_names(stem: str, suffix: str = "") -> Iterator[str]:
+    """``stem+suffix``, ``stem-2+suffix``... up to ``MAX_NAME_ATTEMPTS`` names, each cut
+    to fit a file name (a 250-byte name's ``-2`` shortens the stem, never drops the
+    number or the suffix)."""
+    yield fit(stem, suffix)
     for n in range(2, MAX_NAME_ATTEMPTS + 1):
-        yield f"{stem}-{n}"
+        yield fit(stem, f"-{n}{suffix}")
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, overwrite: bool = True,
@@ -85,9 +99,34 @@ def place_no_clobber(src: Path, target: Path) -> None:
             raise
         if target.exists():
             raise FileExistsError(target) from None
-        os.rename(src, target)
+        try:
+            os.rename(src, target)
+        except OSError as again:
+            if again.errno != errno.EXDEV:
+                raise
+            _copy_across(src, target)
+            src.unlink()  # only once the copy is complete and in place
         return
     src.unlink()
+
+
+def _copy_across(src: Path, target: Path) -> None:
+    """Copy ``src`` to ``target`` on another filesystem: it appears there complete
+    (temporary name, fsync, no-clobber link) or not at all. Never opens anything that
+    could block: a FIFO or a symlink is recreated, not read."""
+    info = os.lstat(src)
+    if stat.S_ISLNK(info.st_mode):
+        os.symlink(os.readlink(src), target)  # FileExistsError if taken
+    elif stat.S_ISFIFO(info.st_mode):
+        os.mkfifo(target, stat.S_IMODE(info.st_mode))
+    elif stat.S_ISREG(info.st_mode):
+        with open_regular(src) as source:
+            atomic_write(target, lambda out: shutil.copyfileobj(source, out, 1 << 20),
+                         overwrite=False, suffix=".part")
+        shutil.copystat(src, target, follow_symlinks=False)
+    else:
+        raise OSError(errno.EXDEV, "cannot move a socket or device file to another filesystem", str(src))
+    fsync_directory(target.parent)
 
 
 def move_no_clobber(src: Path, dest_dir: Path, name: str | None = None,
@@ -101,14 +140,14 @@ def move_no_clobber(src: Path, dest_dir: Path, name: str | None = None,
     moves on to the next name. Returns the new path."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     path = Path(name or src.name)
-    for chosen in free_names(path.stem):
-        target = dest_dir / f"{chosen}{path.suffix}"
+    for chosen in free_names(path.stem, path.suffix):
+        target = dest_dir / chosen
         if target.exists() and _same_file(src, target):
             # An earlier move linked it here and died before unlinking the source: finish
             # that move instead of making a second copy.
             src.unlink()
             return target
-        if target.exists() or any((dest_dir / f"{chosen}{c}").exists() for c in companions):
+        if target.exists() or any((dest_dir / fit(Path(chosen).stem, c)).exists() for c in companions):
             continue
         try:
             if before_move is not None:
@@ -130,6 +169,22 @@ def fsync_directory(directory: Path) -> None:
             os.close(fd)
     except OSError as exc:  # some filesystems refuse fsync on directories
         logger.warning("Could not sync directory %s: %s", directory, exc)
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """Whether two regular files hold the same bytes (False if either is not one)."""
+    try:
+        with open_regular(a) as x, open_regular(b) as y:
+            if os.fstat(x.fileno()).st_size != os.fstat(y.fileno()).st_size:
+                return False
+            while True:
+                chunk = x.read(1 << 20)
+                if chunk != y.read(1 << 20):
+                    return False
+                if not chunk:
+                    return True
+    except OSError:
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:

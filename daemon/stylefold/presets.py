@@ -18,17 +18,21 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .config import Config
 from .engine.layers import TAPPABLE_LAYERS
 from .failures import FailureKind, JobFailure
+from .preset_options import _OPTION_FORMS, EarlyStopOptions, PreviewOptions, _Strict
+from .safeopen import read_regular
 
 __all__ = [
     "PRESET_SUFFIX",
+    "EarlyStopOptions",
     "Preset",
     "PresetError",
     "PresetLibrary",
+    "PreviewOptions",
     "StyleNotFound",
     "StyleRef",
     "builtin_dir",
@@ -60,11 +64,6 @@ class PresetError(JobFailure, ValueError):
 
 class StyleNotFound(PresetError):
     kind = FailureKind.STYLE_NOT_FOUND
-
-
-class _Strict(BaseModel):
-    # strict: JSON true is not the integer 1, "5" is not a number, "yes" not a boolean.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class StyleRef(_Strict):
@@ -101,6 +100,16 @@ class Preset(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     snapshot_every: Annotated[int, Field(ge=0, le=100_000)] = 0
     output: OutputOptions = OutputOptions()
+    # Off in book: the chapter runs all its steps and writes one picture.
+    preview: PreviewOptions | Literal[False] = False
+    early_stop: EarlyStopOptions | Literal[False] = False
+
+    @field_validator("preview", "early_stop", mode="before")
+    @classmethod
+    def _object_or_false(cls, v: Any, info: Any) -> Any:
+        if v is False or isinstance(v, Mapping | BaseModel):
+            return v
+        raise ValueError(f"must be {_OPTION_FORMS[info.field_name]}")
 
     @field_validator("style_layers")
     @classmethod
@@ -143,11 +152,10 @@ def builtin_dir() -> Path:
     return Path(str(resources.files("stylefold.builtin_presets")))
 
 
-def read_preset_json(path: Path) -> dict[str, Any]:
+def read_preset_json(path: Path, *, follow_symlinks: bool = True) -> dict[str, Any]:
     """Read a preset file with the limits a hostile file needs; errors name the file."""
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_PRESET_BYTES + 1)
+        raw = read_regular(path, MAX_PRESET_BYTES, follow_symlinks=follow_symlinks)  # never a FIFO, never blocks
     except OSError as exc:
         raise PresetError(f"{path}: cannot read the preset ({exc.strerror or exc})") from exc
     if len(raw) > MAX_PRESET_BYTES:
@@ -182,7 +190,8 @@ def validation_message(source: str, exc: ValidationError, overridden: Collection
             where = f"--set {top}" if top in overridden else f"{source}: {top}"
             problems.setdefault(key, f"{where}: {shown} is not a VGG19 layer; {_LAYER_FORM}")
             continue
-        problems.setdefault(key, f"{where}: {err['msg']}{_allowed(key)} (got {shown})")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        problems.setdefault(key, f"{where}: {message}{_allowed(key)} (got {shown})")
     # When one branch of a union got further ("style.0.weight"), the other branch's
     # type complaint about the parent ("style: not a string") is noise.
     keys = list(problems)
@@ -205,7 +214,8 @@ _LAYER_FORM = ("a layer is convB_N (before its ReLU) or reluB_N (after it), with
 
 
 def _is_field_part(part: str) -> bool:
-    return part.isidentifier() or part in TAPPABLE_LAYERS
+    # Class names are pydantic's union-branch labels (``preview.PreviewOptions.size``).
+    return (part.isidentifier() and not part[:1].isupper()) or part in TAPPABLE_LAYERS
 
 
 def _allowed(key: str) -> str:
@@ -223,12 +233,16 @@ def _allowed(key: str) -> str:
     return f" (allowed: {low if low is not None else '-inf'} to {high if high is not None else 'inf'})"
 
 
+_MERGED_OBJECTS = ("output", "preview", "early_stop")
+
+
 def merge_preset(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Keys of ``override`` replace ``base``'s; ``output`` merges key by key."""
+    """Keys of ``override`` replace ``base``'s; the objects ``output``, ``preview`` and
+    ``early_stop`` merge key by key (``false`` replaces one)."""
     merged = dict(base)
     for key, value in override.items():
-        if key == "output" and isinstance(value, Mapping) and isinstance(merged.get("output"), Mapping):
-            merged["output"] = {**merged["output"], **value}
+        if key in _MERGED_OBJECTS and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
     return merged

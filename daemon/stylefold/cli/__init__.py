@@ -18,12 +18,13 @@ from typing import Any
 
 from .. import __version__
 from ..config import ConfigError
+from ..names import printable
 from ..presets import PresetError
-from . import bench, doctor, hotfolder, presets, run
-from .common import EXIT_OK, EXIT_USAGE, CommandError, error
+from . import bench, doctor, hotfolder, presets, run, web, worker
+from .common import EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, CommandError, error
 from .run import parse_set
 
-__all__ = ["build_parser", "configure_logging", "main", "parse_set"]
+__all__ = ["SafeFormatter", "build_parser", "configure_logging", "main", "parse_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_parser(sub)
     presets.add_parser(sub)
     bench.add_parser(sub)
+    web.add_parser(sub)
+    worker.add_parser(sub)
     return parser
 
 
@@ -67,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `stylefold status | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:  # a full disk, a read-only folder: a sentence, not a traceback
+        error(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+        return EXIT_JOB_FAILED
 
 
 def configure_logging(verbose: int = 0) -> None:
@@ -91,6 +97,27 @@ def configure_logging(verbose: int = 0) -> None:
     root.setLevel(level)
     for noisy in ("PIL", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines that a file name cannot forge: the values put into a message (file
+    names, paths, errors quoting them) have every control character escaped, newlines
+    included; the message as a whole keeps its own newlines (a multi-line preset error,
+    a traceback) but loses any other control character (ESC, so no terminal codes)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.args:
+            record = logging.makeLogRecord(record.__dict__)
+            args = record.args
+            if isinstance(args, dict):
+                record.args = {k: _escaped(v) for k, v in args.items()}
+            elif isinstance(args, tuple):
+                record.args = tuple(_escaped(v) for v in args)
+        return printable(super().format(record), keep_newlines=True)
+
+
+def _escaped(value: object) -> object:
+    return value if isinstance(value, (int, float)) else printable(value)
 
 
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]

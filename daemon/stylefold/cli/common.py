@@ -63,3 +63,16 @@ def load_resident(config: Config) -> Resident:
         return Resident(build_extractor(config.weights, device))
     except (ValueError, WeightsError) as exc:
         raise CommandError(str(exc)) from exc
+
+
+def with_broker(config: Config, broker: str | None) -> Config:
+    """``config`` with ``--broker URL`` in its ``[cluster]`` table, when one is given."""
+    if not broker:
+        return config
+    from ..config import ClusterConfig, ConfigError
+
+    try:
+        cluster = ClusterConfig.model_validate({**config.cluster.model_dump(), "broker": broker})
+    except ValueError:
+        raise ConfigError("--broker: expected redis://[:PASSWORD@]HOST:PORT/DB") from None
+    return config.model_copy(update={"cluster": cluster})

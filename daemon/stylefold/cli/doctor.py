@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import Config, load_config
-from ..digest import sha256_file
 from ..hotfolder.layout import HotFolder
+from ..hotfolder.waits import human_size
+from ..safeopen import sha256_regular
+from .common import with_broker
 
 __all__ = ["DEFAULT_UNIT_PATHS", "Check", "Status", "add_parser", "exit_code", "format_checks", "run_doctor"]
 
@@ -52,12 +54,14 @@ def add_parser(sub: Any) -> None:
     doctor.add_argument("--config", type=Path, default=None)
     doctor.add_argument("--device", default=None)
     doctor.add_argument("--weights", default=None)
+    doctor.add_argument("--broker", default=None,
+                        help="also check this Redis broker and its workers (default: [cluster] broker)")
     doctor.set_defaults(func=cmd_doctor)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     config = load_config(args.config, {"root": args.root, "device": args.device, "weights": args.weights})
-    checks = run_doctor(config)
+    checks = run_doctor(with_broker(config, args.broker))
     print(format_checks(checks))
     return exit_code(checks)
 
@@ -78,10 +82,15 @@ def run_doctor(config: Config, *, unit_paths: Iterable[Path] = DEFAULT_UNIT_PATH
         ("weights", lambda: _check_weights(config.weights)),
         ("folders", lambda: _check_folders(hot)),
         ("filesystem", lambda: _check_filesystem(hot)),
-        ("disk", lambda: _check_disk(hot.root)),
+        ("disk", lambda: _check_disk(hot)),
+        ("journal", lambda: _check_journal(hot)),
         ("inotify", lambda: _check_inotify(config.poll)),
         ("unit", lambda: _check_unit(tuple(unit_paths))),
     ]
+    if config.cluster.broker:  # SPEC §8 (cluster/registry.py)
+        from ..cluster.registry import check_broker
+
+        steps.append(("broker", lambda: check_broker(config.cluster.broker or "", config.weights)))
     return [_guarded(name, step) for name, step in steps]
 
 
@@ -148,7 +157,10 @@ def _check_device(name: str) -> _Result:
                 f"CUDA {torch.version.cuda}, native bf16 {bf16}", "")
     if device.type == "mps":
         return "OK", "mps (Apple GPU)", ""
-    bf16 = "yes" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no (fp32)"
+    from ..engine.runtime import cpu_bf16
+
+    native, why = cpu_bf16()
+    bf16 = f"yes, precision auto is bf16: {why}" if native else f"no, precision auto is fp32: {why}"
     return ("WARN", f"no GPU: CPU steps are ~10-100x slower; cpu, {torch.get_num_threads()} threads, "
             f"native bf16 {bf16}", "install the NVIDIA driver and a CUDA build of torch, or expect "
             "slow jobs (`stylefold bench` measures them)")
@@ -187,7 +199,7 @@ def _check_imagenet() -> _Result:
                 f"{cached}{unit_note}")
     # torch.hub names its files NAME-<first hex digits of the sha256>.EXT.
     prefix = re.search(r"-([0-9a-f]+)\.", file_name)
-    digest = sha256_file(cached)
+    digest = sha256_regular(cached, follow_symlinks=True)
     if prefix and not digest.startswith(prefix.group(1)):
         return ("FAIL", f"{cached}: sha256 {digest} does not start with {prefix.group(1)} (truncated or corrupt)",
                 f"delete {cached} and download {entry.url} again")
@@ -233,6 +245,21 @@ def _check_folders(hot: HotFolder) -> _Result:
     return "OK", f"{hot.root}: all {len(_hot_folders(hot))} folders present and writable as {user}", ""
 
 
+def _check_journal(hot: HotFolder) -> _Result:
+    """The journal opens and passes ``PRAGMA quick_check`` (read-only: moves nothing)."""
+    from ..hotfolder.journal import journal_problem
+
+    if not hot.journal.exists():
+        return "OK", f"{hot.journal} not made yet (the daemon creates it at its first start)", ""
+    problem = journal_problem(hot.journal)
+    if problem is None:
+        return "OK", f"{hot.journal} opens and passes quick_check", ""
+    if "locked" in problem:
+        return "WARN", problem, "another process holds the journal's lock; the daemon waits for it"
+    return ("WARN", problem, "nothing to do by hand: the daemon moves it aside (kept, named with the time) and "
+            "rebuilds it from done/, failed/, outbox/logs/ and its claims at its next start")
+
+
 def _writable(folder: Path) -> bool:
     """os.access alone trusts mode bits; a read-only mount or an ACL can still refuse.
     The probe's leading dot makes the watcher ignore it (SPEC §3)."""
@@ -255,31 +282,46 @@ def _user_name() -> str:
 
 
 def _check_filesystem(hot: HotFolder) -> _Result:
+    """inbox/ and .stylefold/ must share a filesystem (a claim is a rename); outbox/,
+    done/ and failed/ may be elsewhere (a NAS mount): files reach them by copy, fsync,
+    rename, then unlink of the source."""
     folders = {label: path for label, path in _hot_folders(hot).items()
                if label in ("inbox/", "outbox/", "done/", "failed/", ".stylefold/")}
     absent = [label for label, path in folders.items() if not path.is_dir()]
     if absent:
         return "WARN", f"not checked: {', '.join(absent)} missing", f"stylefold init {hot.root}"
     devices = {label: os.stat(path).st_dev for label, path in folders.items()}
-    if len(set(devices.values())) > 1:
-        groups = ", ".join(f"{label} on device {dev}" for label, dev in devices.items())
-        return ("FAIL", f"the hot folder spans filesystems ({groups}): moves between them are not atomic",
-                f"keep all of {hot.root} on one filesystem (no mounts or symlinks to other disks inside it)")
+    if devices["inbox/"] != devices[".stylefold/"]:
+        return ("FAIL", "inbox/ and .stylefold/ are on different filesystems: files cannot be claimed "
+                "(a claim is an atomic rename)",
+                f"keep inbox/ and .stylefold/ of {hot.root} on one filesystem (no mount or symlink to another disk)")
+    apart = [label for label, dev in devices.items() if dev != devices["inbox/"]]
+    if apart:
+        return ("OK", f"{', '.join(apart)} on another filesystem than inbox/: files reach them by copy, fsync "
+                "and rename, then the source is removed (safe across a crash, slower than a rename)", "")
     return "OK", f"{', '.join(devices)} on one filesystem: moves are atomic renames", ""
 
 
-def _check_disk(root: Path) -> _Result:
-    where = root.absolute()
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    usage = shutil.disk_usage(where)
-    detail = f"{usage.free / _GIB:.1f} GiB free of {usage.total / _GIB:.1f} GiB at {where}"
-    fix = f"free space on the filesystem of {where}: empty done/ and old outbox/ results, or move the hot folder"
-    if usage.free < FAIL_FREE_BYTES:
-        return "FAIL", detail, fix
-    if usage.free < WARN_FREE_BYTES:
-        return "WARN", detail, fix
-    return "OK", detail, ""
+def _check_disk(hot: HotFolder) -> _Result:
+    """Free space on every filesystem the hot folder writes to."""
+    places: dict[int, Path] = {}
+    for folder in _hot_folders(hot).values():
+        where = folder.absolute()
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        places.setdefault(os.stat(where).st_dev, where)
+    worst: Status = "OK"
+    details = []
+    for where in places.values():
+        usage = shutil.disk_usage(where)
+        details.append(f"{human_size(usage.free)} free of {human_size(usage.total)} at {where}")
+        if usage.free < FAIL_FREE_BYTES:
+            worst = "FAIL"
+        elif usage.free < WARN_FREE_BYTES and worst == "OK":
+            worst = "WARN"
+    fix = ("free space: empty done/ and old outbox/ results, or move the hot folder; meanwhile the daemon waits "
+           "(photos stay in the inbox) and goes on by itself once there is room") if worst != "OK" else ""
+    return worst, "; ".join(details), fix
 
 
 def _check_inotify(poll: bool) -> _Result:

@@ -15,8 +15,11 @@ from typing import Any
 
 from ..config import load_config
 from ..hotfolder.layout import HotFolder
+from ..names import printable
 from ..presets import PresetLibrary
 from .common import EXIT_JOB_FAILED, EXIT_OK, CommandError, add_engine_options, load_resident
+from .web import add_web_option, announce_daemon, check_web, start_web, stop_web
+from .worker import add_broker_options, serve_with_broker
 
 __all__ = ["add_parsers"]
 
@@ -29,6 +32,8 @@ def add_parsers(sub: Any) -> None:
                        help="hot-folder root (default ./hotfolders, or $STYLEFOLD_ROOT)")
     serve.add_argument("--once", action="store_true", help="process what is in the inbox, then exit")
     add_engine_options(serve)
+    add_web_option(serve)
+    add_broker_options(serve)
     serve.set_defaults(func=cmd_serve)
 
     init = sub.add_parser("init", help="create the hot-folder tree and a commented stylefold.toml")
@@ -49,15 +54,23 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..hotfolder.journal import Journal
-    from ..hotfolder.service import Service, install_signal_handlers
+    from ..hotfolder.rebuild import open_journal
+    from ..hotfolder.service import Service
+    from ..hotfolder.signals import install_signal_handlers
 
     config = load_config(args.config, {"root": args.root, "device": args.device, "weights": args.weights})
+    check_web(config, args.web)  # a public address without a token: exit 2 before the model loads
     # Handlers first, so a SIGTERM during the model load is a clean exit 0 too.
-    stop = threading.Event()
-    install_signal_handlers(stop, lambda: logger.info(
-        "stopping: the running job saves a checkpoint at its next step and resumes from it at the next start "
-        "(a second Ctrl-C or SIGTERM exits at once)"))
+    stop, wake = threading.Event(), threading.Event()
+
+    def on_stop() -> None:
+        logger.info("stopping: the running job saves a checkpoint at its next step and resumes from it at the "
+                    "next start (a second Ctrl-C or SIGTERM exits at once)")
+        wake.set()  # an idle daemon sleeps until its next timer: end that sleep now
+
+    install_signal_handlers(stop, on_stop)
+    if args.broker or config.cluster.broker:  # SPEC §8: the jobs run on workers (cli/worker.py)
+        return serve_with_broker(config, args, stop)
 
     from ..hotfolder.console import ServeConsole
     from ..hotfolder.sdnotify import Notifier
@@ -69,15 +82,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not hot.inbox.is_dir():
         logger.info("creating the hot folder %s (inbox/, styles/, outbox/, done/, failed/)", hot.root.absolute())
     hot.ensure()
-    journal = Journal(hot.journal)
+    page = None if args.once else start_web(config, args.web)  # a thread; the loop below is untouched
+    announced = announce_daemon(hot, resident)
+    journal = open_journal(hot)  # a corrupt, missing or deleted journal is rebuilt from the folders
     worker = Worker(hot, journal, resident, config.checkpoint_every)
     with ServeConsole(config.log_every_s) as view:
-        service = Service(config, hot, journal, worker, view=view, notifier=Notifier.from_env(), stop=stop)
+        service = Service(config, hot, journal, worker, view=view, notifier=Notifier.from_env(), stop=stop,
+                          wake=wake)
         try:
             return service.run(once=args.once)
         except FatalDeviceError as exc:
             logger.critical("device error, exiting for a restart: %s", exc)
             return EXIT_JOB_FAILED
+        finally:
+            stop_web(page, announced)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -120,17 +138,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
-    print(f"{report['root']}: {len(report['queue'])} waiting in the inbox")
+    shown = printable  # names are anyone's: no control character reaches the terminal
+    print(f"{shown(report['root'])}: {len(report['queue'])} waiting in the inbox")
+    if report.get("journal_problem"):
+        print(f"  journal     {shown(report['journal_problem'])}")
     for entry in report["queue"]:
-        print(f"  waiting     {entry['source']}: {entry['reason']}")
+        print(f"  waiting     {shown(entry['source'])}: {shown(entry['reason'])}")
     for job in report["running"]:
         progress = job["progress"] or {}
         step = f" step {progress['step']}/{progress['steps']}" if progress else ""
         note = {"interrupted": " (no daemon holds it: resumes at the next start)",
                 "stale": " (its files already moved on)"}.get(job["state"], "")
-        print(f"  {job['state']:<11} {job['source']}{step}, since {clock(job['updated'])}{note}")
+        print(f"  {job['state']:<11} {shown(job['source'])}{step}, since {clock(job['updated'])}{note}")
     for job in report["recent_done"]:
-        print(f"  done        {job['source']} -> {job['output']} at {clock(job['at'])}")
+        print(f"  done        {shown(job['source'])} -> {shown(job['output'])} at {clock(job['at'])}")
     for job in report["recent_failed"]:
-        print(f"  failed      {job['source']} ({job['kind']}) at {clock(job['at'])}: {job['error']}")
+        print(f"  failed      {shown(job['source'])} ({job['kind']}) at {clock(job['at'])}: {shown(job['error'])}")
+    for worker in report.get("workers", []):  # SPEC §8: the broker's workers
+        if "problem" in worker:
+            print(f"  workers     {shown(worker['problem'])}")
+            continue
+        doing = f"running {shown(str(worker.get('source')))}" if worker.get("job") else "idle"
+        refused = " (refused: other weights)" if worker.get("refused") else ""
+        print(f"  worker      {shown(worker['name'])} on {shown(str(worker.get('device')))}: {doing}, heartbeat "
+              f"{worker['heartbeat_age_s']} s ago{refused}")
     return EXIT_OK

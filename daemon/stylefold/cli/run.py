@@ -88,8 +88,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..hotfolder.console import step_reporter
     from ..hotfolder.service import caps_of
     from ..job.publish import publish
-    from ..job.run import Done, Failed, JobCallbacks, run_job
+    from ..job.run import Done, Failed, JobCallbacks, PreviewImage, run_job
     from ..job.spec import JobSpec
+    from ..media.outputs import publish_preview
 
     caps = caps_of(config)
     try:
@@ -105,8 +106,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             failed += 1
             logger.error("%s failed (unreadable_image): cannot be read (%s)", image, exc.strerror or exc)
             continue
+        def on_preview(preview: PreviewImage, name: str = image.name) -> str:
+            path = publish_preview(preview.image, args.out, args.out / "logs", preview.base, exif=preview.exif)
+            logger.info("preview of %s: %s (%.1f s)", name, path, preview.seconds)
+            return str(path)
+
         with step_reporter(image.name, preset.steps, config.log_every_s) as report:
-            outcome = run_job(spec, resident, JobCallbacks(on_step=report))
+            outcome = run_job(spec, resident, JobCallbacks(on_step=report, on_preview=on_preview))
         if isinstance(outcome, Failed):
             failed += 1
             logger.error("%s failed (%s): %s", image, outcome.kind.value, outcome.message)

@@ -23,17 +23,21 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from .early_stop import EarlyStop, converged, push_total
 from .features import FeatureExtractor
 from .losses import content_loss, gram_matrix, style_loss, tv_loss
 from .steps import StepInfo
 
 __all__ = [
+    "EarlyStop",
     "EngineError",
     "EngineState",
     "StepInfo",
     "StyleParams",
     "StyleResult",
     "StyleTargetCache",
+    "converged",
+    "push_total",
     "stylize",
 ]
 
@@ -69,23 +73,29 @@ class StyleParams:
     seed: int
     precision: Precision
     snapshot_every: int
+    early_stop: EarlyStop | Literal[False]  # False: run every step (the chapter)
 
 
 @dataclass
 class EngineState:
-    """Where an optimisation stands: enough to resume it after ``step`` steps."""
+    """Where an optimisation stands: enough to resume it after ``step`` steps.
+    ``recent_totals``: the last total losses, which early stopping looks back over."""
 
     step: int
     image: torch.Tensor
     optimizer_state: dict[str, Any]
+    recent_totals: list[float] = field(default_factory=list)
 
 
 @dataclass
 class StyleResult:
     image: torch.Tensor  # (1, 3, H, W) float32 on the CPU, clamped to [0, 1]
     history: list[StepInfo]
-    stopped: bool
+    stopped: bool  # interrupted by should_stop: resume from ``state``
     state: EngineState
+    # Converged before params.steps (early_stop): the last step run, and why.
+    early_stop: tuple[int, str] | None = None
+    pyramid: Any = None  # a coarse-to-fine run's PyramidState: where it stopped, or its end
 
 
 @dataclass
@@ -136,6 +146,7 @@ def stylize(
     on_state: Callable[[EngineState], None] | None = None,
     state_every: int = 0,
     init_image: torch.Tensor | None = None,
+    init_optimizer_state: dict[str, Any] | None = None,
 ) -> StyleResult:
     """Optimise an image whose content matches ``content`` and whose Gram matrices
     match the weighted blend of ``styles``' (weights are normalised to sum 1).
@@ -144,8 +155,54 @@ def stylize(
     another size than the content (Gram matrices do not depend on it).
     ``on_state`` receives an ``EngineState`` every ``state_every`` steps (checkpoints);
     ``resume`` continues from one, bit for bit as if never interrupted.
-    ``init_image`` replaces ``params.init`` (coarse-to-fine: the previous scale's result).
+    ``init_image`` replaces ``params.init`` (coarse-to-fine: the previous scale's result),
+    and ``init_optimizer_state`` the fresh optimiser (coarse-to-fine: the previous scale's,
+    carried over, see carry.py).
     """
+    objective, image, optimizer, scaler = _start(extractor, content, styles, params, style_cache, resume,
+                                                 init_image, init_optimizer_state)
+    history: list[StepInfo] = []
+    start = time.perf_counter()
+    first_step = resume.step + 1 if resume else 1
+    step = first_step - 1
+    stopped = False
+    early: tuple[int, str] | None = None
+    totals = list(resume.recent_totals) if resume else []
+    for step in range(first_step, params.steps + 1):
+        if should_stop is not None and should_stop():
+            stopped = True
+            step -= 1
+            break
+        before = image.detach().clamp(0, 1) if params.early_stop and params.optimizer == "lbfgs" else None
+        s, c, t, total = _step(image, optimizer, objective, params, scaler)
+        _check_finite((s, c, t, total), step)
+        info = StepInfo(step, params.steps, s, c, t, total, time.perf_counter() - start)
+        history.append(info)
+        if on_step is not None:
+            on_step(info)
+        if on_snapshot is not None and params.snapshot_every and step % params.snapshot_every == 0:
+            on_snapshot(step, _final(image))
+        if params.early_stop:
+            totals = push_total(totals, total, params.early_stop.patience)
+            reason = converged(totals, params.early_stop, before, image)
+            if reason is not None and step < params.steps:
+                early = (step, reason)
+                break
+        if on_state is not None and state_every and step % state_every == 0 and step < params.steps:
+            on_state(EngineState(step=step, image=image.detach().to("cpu", copy=True),
+                                 optimizer_state=optimizer.state_dict(), recent_totals=list(totals)))
+
+    result_image = _final(image)
+    state = EngineState(step=step, image=image.detach().to("cpu", copy=True), optimizer_state=optimizer.state_dict(),
+                        recent_totals=totals)
+    return StyleResult(image=result_image, history=history, stopped=stopped, state=state, early_stop=early)
+
+
+def _start(extractor: FeatureExtractor, content: torch.Tensor, styles: Sequence[tuple[torch.Tensor, float]],
+           params: StyleParams, style_cache: StyleTargetCache | None, resume: EngineState | None,
+           init_image: torch.Tensor | None, init_optimizer_state: dict[str, Any] | None,
+           ) -> tuple[_Objective, torch.Tensor, torch.optim.Optimizer, torch.amp.GradScaler | None]:
+    """The objective (targets computed once), the image to optimise and its optimiser."""
     if not styles:
         raise EngineError("at least one style image is needed")
     device = extractor.device
@@ -159,35 +216,16 @@ def stylize(
         image = _initial_image(content, styles, params, resume)
     image.requires_grad_(True)
     optimizer = _make_optimizer(image, params, resume)
+    if resume is None and init_optimizer_state is not None:
+        optimizer.load_state_dict(init_optimizer_state)
     scaler = torch.amp.GradScaler(device.type) if params.precision == "fp16" else None
+    return objective, image, optimizer, scaler
 
-    history: list[StepInfo] = []
-    start = time.perf_counter()
-    first_step = resume.step + 1 if resume else 1
-    step = first_step - 1
-    stopped = False
-    for step in range(first_step, params.steps + 1):
-        if should_stop is not None and should_stop():
-            stopped = True
-            step -= 1
-            break
-        s, c, t, total = _step(image, optimizer, objective, params, scaler)
-        if not all(map(_finite, (s, c, t, total))):
-            raise EngineError(f"the loss became {total} at step {step}: the optimisation diverged; "
-                              "lower lr or the loss weights, or use precision fp32")
-        info = StepInfo(step, params.steps, s, c, t, total, time.perf_counter() - start)
-        history.append(info)
-        if on_step is not None:
-            on_step(info)
-        if on_snapshot is not None and params.snapshot_every and step % params.snapshot_every == 0:
-            on_snapshot(step, _final(image))
-        if on_state is not None and state_every and step % state_every == 0 and step < params.steps:
-            on_state(EngineState(step=step, image=image.detach().to("cpu", copy=True),
-                                 optimizer_state=optimizer.state_dict()))
 
-    result_image = _final(image)
-    state = EngineState(step=step, image=image.detach().to("cpu", copy=True), optimizer_state=optimizer.state_dict())
-    return StyleResult(image=result_image, history=history, stopped=stopped, state=state)
+def _check_finite(losses: Sequence[float], step: int) -> None:
+    if not all(map(_finite, losses)):
+        raise EngineError(f"the loss became {losses[-1]} at step {step}: the optimisation diverged; "
+                          "lower lr or the loss weights, or use precision fp32")
 
 
 @dataclass

@@ -14,13 +14,14 @@ from typing import Any
 
 from ..config import CONFIG_NAME, Config
 from ..fsops import atomic_write, free_names
+from ..names import fit
 from ..presets import PresetLibrary
 from .claims import is_held
-from .journal import JobState, Journal
+from .journal import JobState, Journal, JournalCorrupt
 from .layout import HotFolder, is_ignored
 from .watcher import Inbox
 
-__all__ = ["CONFIG_TEMPLATE", "clock", "init_root", "status_report", "submit_files"]
+__all__ = ["CONFIG_TEMPLATE", "broker_workers", "clock", "init_root", "status_report", "submit_files"]
 
 CONFIG_TEMPLATE = """\
 # stylefold configuration. Every key is optional; the values shown are the defaults,
@@ -50,6 +51,21 @@ CONFIG_TEMPLATE = """\
 # poll = false                # true on network shares (SMB/NFS): poll instead of inotify
 # checkpoint_every = 50       # steps between checkpoints of a running job
 # log_every_s = 10.0          # progress log line interval off a terminal
+
+# The status page and HTTP API (README "Status page and HTTP API"):
+# [web]
+# listen = "127.0.0.1:8707"   # HOST:PORT, or "off"; an address off loopback needs a token
+# token = "a-long-random-secret"  # (default: none) or STYLEFOLD_WEB_TOKEN; 16+ characters
+# names = []                  # more host names the page is reached by (any other is refused)
+# max_upload_mb = 200
+
+# GPU workers on other machines (README "Several machines: workers"):
+# [cluster]
+# broker = "redis://gpu-hub:6379/0"  # (default: none: jobs run in this process) or STYLEFOLD_BROKER
+# slots = 4                   # jobs in flight at once: the number of workers plus one
+# lease_s = 20.0              # a worker silent this long is gone: its job goes to another
+# visibility_timeout_s = 3600.0
+# max_transfer_mb = 200       # largest photo, style, result or checkpoint sent through the broker
 """
 
 
@@ -98,19 +114,20 @@ def submit_files(images: Sequence[Path], root: Path, preset: str | None = None) 
             raise FileNotFoundError(f"no such image: {image}")
         name = _free_name(target_dir, image.name, with_sidecar=sidecar is not None)
         if sidecar is not None:
-            _copy_in(sidecar, target_dir / f"{Path(name).stem}.json")
+            _copy_in(sidecar, target_dir / fit(Path(name).stem, ".json"))
         placed.append(_copy_in(image, target_dir / name))
     return placed
 
 
 def _free_name(folder: Path, name: str, *, with_sidecar: bool) -> str:
     suffix = Path(name).suffix
-    for stem in free_names(Path(name).stem):
+    for candidate in free_names(Path(name).stem, suffix):
+        stem = Path(candidate).stem
         # A photo named preset.* would get a sidecar named preset.json: the folder's preset.
         if with_sidecar and stem.lower() == "preset":
             continue
-        if not (folder / f"{stem}{suffix}").exists() and not (with_sidecar and (folder / f"{stem}.json").exists()):
-            return f"{stem}{suffix}"
+        if not (folder / candidate).exists() and not (with_sidecar and (folder / fit(stem, ".json")).exists()):
+            return candidate
     raise FileExistsError(f"no free name for {name} in {folder}")
 
 
@@ -135,10 +152,16 @@ def status_report(config: Config, recent: int = 10) -> dict[str, Any]:
         "root": str(hot.root.absolute()), "waiting": [w.source for w in queue],
         "queue": [{"source": w.source, "reason": w.reason, "since": round(w.since, 3)} for w in queue],
         "running": [], "recent_done": [], "recent_failed": [], "counts": {},
+        "workers": broker_workers(config),
     }
     if not hot.journal.exists():
         return report
-    journal = Journal(hot.journal)
+    try:
+        journal = Journal(hot.journal, read_only=True)  # status moves and rebuilds nothing
+    except JournalCorrupt as exc:
+        report["journal_problem"] = (f"{exc}; the daemon moves it aside and rebuilds it from the folders "
+                                     "at its next start")
+        return report
     try:
         report["counts"] = journal.counts()
         for record in journal.by_state(JobState.RUNNING) + journal.by_state(JobState.QUEUED):
@@ -153,6 +176,26 @@ def status_report(config: Config, recent: int = 10) -> dict[str, Any]:
     finally:
         journal.close()
     return report
+
+
+def broker_workers(config: Config) -> list[dict[str, Any]]:
+    """With a broker (SPEC §8): its workers (name, device, weights, current job, last
+    heartbeat); one entry with ``problem`` when the broker cannot be asked."""
+    if not config.cluster.broker:
+        return []
+    from ..cluster.identity import identity_of_setting
+    from ..cluster.protocol import redact
+    from ..cluster.registry import list_workers
+    from ..cluster.store import connect
+
+    try:
+        weights: str | None = identity_of_setting(config.weights)
+    except ValueError:
+        weights = None
+    try:
+        return list_workers(connect(config.cluster.broker, retries=0, timeout_s=2.0), weights)
+    except Exception as exc:  # an unreachable broker is a line in the status, not a failure
+        return [{"problem": f"cannot reach the broker {redact(config.cluster.broker)}: {exc}"}]
 
 
 def _claim_state(hot: HotFolder, job_id: str) -> str:

@@ -29,8 +29,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ..failures import FailureKind
-from ..fsops import move_no_clobber, write_atomic
+from ..fsops import move_no_clobber, same_bytes, write_atomic
 from ..job.spec import JobSpec
+from ..names import fit
 from .layout import HotFolder
 from .origins import Origin, SidecarPreset
 
@@ -79,6 +80,7 @@ class ClaimMeta(_Model):
     spec: JobSpec | None = None
     failure: FailureNote | None = None
     final: FinalMove | None = None
+    trouble: str | None = None  # why the last try could not finish (a full disk, a read-only done/)
 
     def to_bytes(self) -> bytes:
         # json.dumps, not pydantic's JSON: a Linux file name that is not UTF-8 reaches
@@ -131,7 +133,7 @@ class Claim:
             logger.error("claim %s finished with originals still in it; returning them", self.job_id)
             dest = self.folder.parent.parent.parent / "inbox" / Path(self.meta.source).parent
             for path in list(originals.iterdir()):
-                if path.is_file():
+                if not path.is_dir() or path.is_symlink():
                     move_no_clobber(path, dest)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.release()
@@ -168,38 +170,87 @@ def is_held(folder: Path) -> bool:
 
 def claim(hot: HotFolder, image: Path, sidecar: Path | None, source: str, origin: Origin) -> Claim | None:
     """Move ``image`` (and ``sidecar``) from the inbox into a new locked work folder.
-    None if the file is gone (another daemon took it, or the user did)."""
+    None if the file is gone (another daemon took it, or the user did).
+
+    Any error (a full disk, a read-only ``.stylefold/``) raises with nothing left
+    behind: the lock released, the half-built folder removed, the image and its sidecar
+    back where they were in the inbox. A failed claim that kept its lock file open
+    leaked a descriptor per try until the process could no longer list the inbox."""
     job_id = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
     # Built under a hidden name and locked before it gets its real name: another
     # daemon's scan for interrupted claims must never see it unlocked.
     building = hot.work / f".new-{job_id}"
-    (building / ORIGINALS).mkdir(parents=True)
-    fd = _lock(building)
+    try:
+        (building / ORIGINALS).mkdir(parents=True)
+        fd = _lock(building)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     if fd is None:
+        shutil.rmtree(building, ignore_errors=True)
         raise RuntimeError(f"could not lock the new claim folder {building}")
     meta = ClaimMeta(source=source, name=image.name, origin=origin, claimed_at=time.time())
     result = Claim(job_id, building, meta, fd)
-    # job.json first: a folder with job.json but no image is a claim that never happened.
-    result.save_meta()
-    result.folder = hot.work / job_id
-    os.rename(building, result.folder)
+    try:
+        # job.json first: a folder with job.json but no image is a claim that never happened.
+        result.save_meta()
+        result.folder = hot.work / job_id
+        os.rename(building, result.folder)
+    except BaseException:
+        _abandon(result, building)
+        raise
     try:
         os.rename(image, result.image)
     except FileNotFoundError:
         result.finish()
         return None
+    except BaseException:
+        _abandon(result, building)
+        raise
     if sidecar is not None:
-        # Recorded first: a crash between these two lines must not leave a sidecar in
-        # the claim that job.json does not know of.
-        result.meta.sidecar = sidecar.name
-        result.save_meta()
         try:
-            os.rename(sidecar, result.originals / sidecar.name)
-        except FileNotFoundError:
-            logger.warning("sidecar %s vanished while claiming %s", sidecar, image)
-            result.meta.sidecar = None
-            result.save_meta()
+            _claim_sidecar(result, sidecar, image)
+        except BaseException:
+            _give_back(result, image, sidecar)
+            raise
     return result
+
+
+def _claim_sidecar(result: Claim, sidecar: Path, image: Path) -> None:
+    # Recorded first: a crash between these two lines must not leave a sidecar in the
+    # claim that job.json does not know of.
+    result.meta.sidecar = sidecar.name
+    result.save_meta()
+    try:
+        os.rename(sidecar, result.originals / sidecar.name)
+    except FileNotFoundError:
+        logger.warning("sidecar %s vanished while claiming %s", sidecar, image)
+        result.meta.sidecar = None
+        result.save_meta()
+
+
+def _abandon(result: Claim, *folders: Path) -> None:
+    """Undo a claim that holds no original yet: remove its folder, drop its lock."""
+    for folder in {result.folder, *folders}:
+        shutil.rmtree(folder, ignore_errors=True)
+    result.release()
+
+
+def _give_back(result: Claim, image: Path, sidecar: Path) -> None:
+    """Undo a claim whose sidecar could not be recorded: the image (and the sidecar, if
+    it moved) go back to the inbox by rename, which needs no space. If that fails too,
+    the claim stays as it is, unlocked: an interrupted job, resumed (with its sidecar
+    fetched from the inbox) at a later scan."""
+    try:
+        moved_sidecar = result.originals / sidecar.name
+        if os.path.lexists(moved_sidecar) and not os.path.lexists(sidecar):
+            os.rename(moved_sidecar, sidecar)
+        os.rename(result.image, image)
+    except OSError as exc:
+        logger.error("could not return %s to the inbox (%s); it resumes from its claim", image.name, exc)
+        result.release()
+        return
+    _abandon(result)
 
 
 def interrupted_claims(hot: HotFolder) -> Iterator[Claim]:
@@ -218,13 +269,49 @@ def interrupted_claims(hot: HotFolder) -> Iterator[Claim]:
             meta: ClaimMeta | None = ClaimMeta.from_bytes((folder / JOB_FILE).read_bytes())
         except (OSError, ValueError, ValidationError):
             meta = None
-        if meta is None or not (folder / ORIGINALS / meta.name).is_file():
-            _return_strays(hot, folder, meta)
-            _remove(folder, fd)
+        try:
+            if meta is not None and meta.final is not None:
+                _settle_final_move(hot, folder, meta)
+            if meta is None or not _present(folder / ORIGINALS / meta.name):
+                _return_strays(hot, folder, meta)
+                _remove(folder, fd)
+                continue
+        except OSError as exc:  # a full or read-only folder: the claim stays for a later look
+            logger.error("could not finish the claim %s (%s); it is looked at again later", folder.name, exc)
+            os.close(fd)
             continue
         found = Claim(folder.name, folder, meta, fd)
         _fetch_sidecar(hot, found)
         yield found
+
+
+def _present(path: Path) -> bool:
+    """Whether the original is there: any kind of file (a FIFO or a symlink set aside as
+    unsupported is an original too), not following symlinks."""
+    try:
+        path.lstat()
+    except OSError:
+        return False
+    return True
+
+
+def _settle_final_move(hot: HotFolder, folder: Path, meta: ClaimMeta) -> None:
+    """The claim recorded where its image was going, and the image is still here: either
+    the move never happened (forget the target: the job resumes), or a move to another
+    filesystem copied it completely and died before unlinking the source (unlink it now:
+    one original, never two, never none)."""
+    final = meta.final
+    assert final is not None
+    image = folder / ORIGINALS / meta.name
+    if not _present(image):
+        return
+    target = hot.root / final.dest / final.image
+    if same_bytes(image, target):
+        image.unlink()
+        logger.warning("finished moving %s to %s/ (interrupted after the copy)", meta.name, final.dest)
+        return
+    meta.final = None
+    write_atomic(folder / JOB_FILE, meta.to_bytes())
 
 
 def _remove(folder: Path, fd: int) -> None:
@@ -235,14 +322,17 @@ def _remove(folder: Path, fd: int) -> None:
 def _remove_abandoned_build(folder: Path) -> None:
     """A claim folder whose process died before naming it: it never held an original
     (the image moves in only after the rename), so it can go."""
-    fd = _lock(folder)
+    try:
+        fd = _lock(folder)
+    except OSError:  # no lock file and no room for one: nobody can hold it; look again later
+        return
     if fd is None:
         return
     try:
         if not any((folder / ORIGINALS).iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
-    except FileNotFoundError:
-        pass
+    except OSError:  # gone meanwhile, or never got its original/ (a full disk)
+        shutil.rmtree(folder, ignore_errors=True)
     finally:
         os.close(fd)
 
@@ -254,7 +344,7 @@ def _fetch_sidecar(hot: HotFolder, found: Claim) -> None:
     origin = found.meta.origin
     if not isinstance(origin, SidecarPreset) or origin.shared:
         return
-    if found.sidecar is not None and found.sidecar.exists():
+    if found.sidecar is not None and os.path.lexists(found.sidecar):
         return
     name = Path(origin.file).name
     left_behind = hot.inbox / Path(found.meta.source).parent / name
@@ -280,11 +370,11 @@ def _return_strays(hot: HotFolder, folder: Path, meta: ClaimMeta | None) -> None
     # what is left (its sidecar) follows it there, under the image's new stem.
     final = meta.final if meta is not None else None
     for path in originals.iterdir():
-        if not path.is_file():
+        if path.is_dir() and not path.is_symlink():
             continue
         if final:
             dest = hot.root / final.dest
-            moved = move_no_clobber(path, dest, f"{Path(final.image).stem}{path.suffix}")
+            moved = move_no_clobber(path, dest, fit(Path(final.image).stem, path.suffix))
             logger.warning("moved %s of a finished claim to %s", path.name, moved)
         else:
             returned = move_no_clobber(path, source_dir)

@@ -17,10 +17,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.text import Text
 
 from ..engine.steps import StepInfo
 from ..job.spec import JobSpec
+from ..names import printable
 from .watcher import Waiting
 
 __all__ = ["RateMeter", "ServeConsole", "StepReporter", "console", "eta_text", "is_interactive", "step_reporter"]
@@ -80,7 +83,8 @@ class StepReporter:
         self.label = label
         self.total = total
         self._progress = progress
-        self._task = progress.add_task(label, total=total, losses="", rate="") if progress else None
+        # The description is markup: a file named "[red]x.jpg" must show as it is.
+        self._task = progress.add_task(escape(printable(label)), total=total, losses="", rate="") if progress else None
         self._log_every_s = log_every_s
         self._last_log = time.monotonic()
         self._meter = RateMeter()
@@ -195,16 +199,22 @@ class ServeConsole:
         if self._job is not None:
             info = self._info
             if info is None:
-                table.add_row(self._job, "starting", "", "")
+                table.add_row(_shown(self._job), "starting", "", "")
             else:
                 rate, eta, guess = self._eta
                 losses = f"total {info.total_loss:.4g} style {info.style_loss:.4g} content {info.content_loss:.4g}"
-                table.add_row(self._job, f"{info.step}/{info.steps}", losses,
+                table.add_row(_shown(self._job), f"{info.step}/{info.steps}", losses,
                               f"{rate:.2f} steps/s, {eta_text(eta, guess)}")
         for entry in self._waiting[:8]:
-            table.add_row(entry.source, "waiting", entry.reason, "")
+            table.add_row(_shown(entry.source), "waiting", _shown(entry.reason), "")
         if len(self._waiting) > 8:
             table.add_row(f"... and {len(self._waiting) - 8} more", "waiting", "", "")
         for name, outcome, seconds in self._recent:
-            table.add_row(name, outcome, "", f"{seconds:.1f}s")
+            table.add_row(_shown(name), outcome, "", f"{seconds:.1f}s")
         return table
+
+
+def _shown(text: str) -> Text:
+    """A name from the inbox as a table cell: a ``Text`` (a plain str would be parsed as
+    markup, and "[/]" in a file name broke the live view), control characters escaped."""
+    return Text(printable(text))

@@ -10,14 +10,15 @@ job gets a ``FailureNote`` instead, and the worker fails it.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
-from ..digest import sha256_file
 from ..failures import FailureKind, JobFailure, classify
 from ..job.spec import Caps, JobSpec
 from ..presets import Preset, PresetError, PresetLibrary, read_preset_json
+from ..safeopen import lstat_kind, sha256_regular
 from .claims import Claim, FailureNote
-from .layout import HotFolder, unsupported_reason
+from .layout import PRESET_FILE, HotFolder, is_image, unsupported_reason
 from .origins import DefaultPreset, FolderPreset, NamedPreset, Rejected, SidecarPreset, describe_origin
 
 __all__ = ["describe"]
@@ -40,13 +41,10 @@ def describe(claim: Claim, hot: HotFolder, library: PresetLibrary, caps: Caps) -
 
 def _spec(claim: Claim, hot: HotFolder, library: PresetLibrary, caps: Caps) -> JobSpec:
     meta = claim.meta
-    if claim.image.is_symlink():
-        # Never followed: a link could point at any file the daemon can read.
-        raise JobFailure(f"{meta.name} is a symbolic link; links are not followed, drop the file itself",
-                         kind=FailureKind.UNSUPPORTED_FILE)
+    _only_regular_files(claim, hot)
     try:
         # Hashed first, a file that fails too: a successful retry clears its error file.
-        image_sha = meta.sha256 = sha256_file(claim.image)
+        image_sha = meta.sha256 = sha256_regular(claim.image)
     except OSError as exc:  # unreadable (permissions): fail it, never crash-loop on it
         raise JobFailure(f"{meta.name} cannot be read ({exc.strerror})", kind=FailureKind.UNREADABLE_IMAGE) from exc
     if isinstance(meta.origin, Rejected):
@@ -56,13 +54,58 @@ def _spec(claim: Claim, hot: HotFolder, library: PresetLibrary, caps: Caps) -> J
         # The OS refusing a style path (a 300-character name is ENAMETOOLONG, an
         # unreadable style file EACCES) is the style's failure, not the daemon's.
         styles = [(library.resolve_style(ref.path), ref.weight) for ref in preset.style_refs()]
-        style_shas = [sha256_file(path) for path, _ in styles]
+        # Followed (resolve_style confined it to a style folder), but never a FIFO.
+        style_shas = [sha256_regular(path, follow_symlinks=True) for path, _ in styles]
     except OSError as exc:
         style = Path(exc.filename).name[:80] if isinstance(exc.filename, str) else "the style"
         raise JobFailure(f"{style}: cannot be opened ({exc.strerror or exc})",
                          kind=FailureKind.STYLE_NOT_FOUND) from exc
     return JobSpec.make(claim.job_id, claim.image, image_sha, preset, describe_origin(meta.origin),
                         styles, caps, style_shas)
+
+
+def _only_regular_files(claim: Claim, hot: HotFolder) -> None:
+    """A FIFO, socket, device or symbolic link, as the photo or as its sidecar, fails
+    ``unsupported_file`` before anything opens it: a link could lead to any file the
+    daemon can read, and opening a FIFO nobody writes to blocks forever."""
+    name = claim.meta.name
+    what = _not_regular(claim.image)
+    if what is not None:
+        raise JobFailure(f"{name} is {what}; {_REGULAR_ONLY}", kind=FailureKind.UNSUPPORTED_FILE)
+    sidecar = claim.sidecar
+    what = _not_regular(sidecar) if sidecar is not None else None
+    if sidecar is not None and what is not None:
+        raise JobFailure(f"the sidecar {sidecar.name} of {name} is {what}; {_REGULAR_ONLY}",
+                         kind=FailureKind.UNSUPPORTED_FILE)
+    origin = claim.meta.origin
+    if isinstance(origin, Rejected) and origin.failure == FailureKind.UNSUPPORTED_FILE and is_image(name):
+        # An image the watcher refused although it is one: its preset in the inbox (a
+        # sidecar it shares with a.png, its folder's preset.json) is no regular file.
+        stem = Path(name).stem
+        for entry in _entries(hot.inbox / Path(claim.meta.source).parent):
+            lower = entry.name.lower()
+            if (lower == PRESET_FILE or lower == f"{stem.lower()}.json") and \
+                    (what := _not_regular(Path(entry.path))) is not None:
+                raise JobFailure(f"{_inbox_label(claim.meta.source, entry.name)}, the preset of {name}, is {what}; "
+                                 f"{_REGULAR_ONLY}", kind=FailureKind.UNSUPPORTED_FILE)
+
+
+_REGULAR_ONLY = "stylefold reads only regular files and never follows links: drop the file itself"
+
+
+def _not_regular(path: Path) -> str | None:
+    try:
+        return lstat_kind(path)
+    except FileNotFoundError:
+        return None  # gone: reading it says so
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as listing:
+            return list(listing)
+    except OSError:
+        return []
 
 
 def _preset(claim: Claim, hot: HotFolder, library: PresetLibrary) -> Preset:
@@ -88,7 +131,7 @@ def _from_file(library: PresetLibrary, path: Path, label: str) -> Preset:
     ``portrait`` preset failed as a loop. Errors name the file as the user dropped it
     (``inbox/...``), not its path inside the claim folder."""
     try:
-        data = read_preset_json(path)
+        data = read_preset_json(path, follow_symlinks=False)  # from the hot folder: links are never followed
     except PresetError as exc:
         raise PresetError(str(exc).replace(str(path), label)) from None
     return library.from_data(data, label)

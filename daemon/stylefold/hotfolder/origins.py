@@ -11,13 +11,15 @@ no preset after ``pair_timeout_s`` (``no_preset``).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..failures import FailureKind
 
-__all__ = ["DefaultPreset", "FolderPreset", "NamedPreset", "Origin", "Rejected", "SidecarPreset", "describe_origin"]
+__all__ = ["DefaultPreset", "FolderPreset", "NamedPreset", "Origin", "Rejected", "SidecarPreset", "default_origin",
+           "describe_origin", "folder_origin", "named_origin", "rejected", "sidecar_origin"]
 
 
 class _Frozen(BaseModel):
@@ -67,3 +69,30 @@ def describe_origin(origin: Origin) -> str:
     if isinstance(origin, DefaultPreset):
         return f"default preset {origin.name}"
     return f"none ({origin.failure.value})"
+
+
+# The watcher pairs every waiting file at each look: origins are frozen values, so one
+# object per distinct value is shared rather than one pydantic model per file per call.
+@lru_cache(maxsize=1024)
+def rejected(failure: FailureKind) -> Rejected:
+    return Rejected(failure=failure)
+
+
+@lru_cache(maxsize=1024)
+def sidecar_origin(file: str, shared: bool) -> SidecarPreset:
+    return SidecarPreset(file=file, shared=shared)
+
+
+@lru_cache(maxsize=1024)
+def folder_origin(file: str) -> FolderPreset:
+    return FolderPreset(file=file)
+
+
+@lru_cache(maxsize=256)
+def named_origin(name: str) -> NamedPreset:
+    return NamedPreset(name=name)
+
+
+@lru_cache(maxsize=16)
+def default_origin(name: str) -> DefaultPreset:
+    return DefaultPreset(name=name)

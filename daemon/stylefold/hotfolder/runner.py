@@ -11,9 +11,15 @@ from typing import Protocol
 from ..engine.steps import StepInfo
 from ..failures import FailureKind
 from ..job.spec import JobSpec
+from ..names import printable
 from .claims import Claim
 
-__all__ = ["JobEnd", "JobEvents", "JobResult", "JobRunner"]
+__all__ = ["FatalDeviceError", "JobEnd", "JobEvents", "JobResult", "JobRunner"]
+
+
+class FatalDeviceError(RuntimeError):
+    """A GPU error other than out-of-memory: the process should end for systemd to
+    restart it with a fresh context; the job stays claimed and resumes."""
 
 
 class JobEnd(StrEnum):
@@ -23,6 +29,9 @@ class JobEnd(StrEnum):
     FAILED = "failed"
     STOPPED = "stopped"
     DUPLICATE = "duplicate"
+    # Could not finish for a reason that may pass (a full disk, a folder that refuses
+    # the original): the claim stays and is tried again later.
+    WAITING = "waiting"
 
 
 @dataclass(frozen=True)
@@ -34,14 +43,21 @@ class JobResult:
     kind: FailureKind | None = None  # failed
     message: str = ""  # failed: the sentence; duplicate: which job made the result
     step: int = 0  # stopped: where it resumes
+    disk_full: bool = False  # waiting: for room on the disk (tries not counted as attempts)
+    where: str | None = None  # waiting: the folder that is full or refuses
 
     def line(self, source: str, seconds: float) -> str:
+        """The one log line of a job's end; ``source`` is escaped (a file name with a
+        newline must not forge a second line)."""
+        source = printable(source)
         if self.end is JobEnd.DONE:
             return f"done {source} -> {self.output} in {seconds:.1f} s"
         if self.end is JobEnd.FAILED:
             return f"failed {source} ({self.kind}) in {seconds:.1f} s: {self.message}"
         if self.end is JobEnd.STOPPED:
             return f"stopped {source} at step {self.step}; it resumes from there at the next start"
+        if self.end is JobEnd.WAITING:
+            return f"waiting {source}: {self.message}; it is tried again later"
         return f"skipped {source}: {self.message}; result is {self.output}"
 
 

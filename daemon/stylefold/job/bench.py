@@ -9,6 +9,7 @@ like: the step's achieved FLOP/s against a large square matmul's at the same pre
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -20,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..engine.features import FeatureExtractor, build_extractor
-from ..engine.runtime import resolve_device, tune_cpu_allocator
+from ..engine.runtime import cpu_bf16, resolve_device, resolve_precision, tune_cpu_allocator
 from ..engine.stylize import StyleParams, stylize
 from ..presets import PresetLibrary
 from .run import engine_params
@@ -63,7 +64,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: i
 def time_steps(extractor: FeatureExtractor, params: StyleParams, content: torch.Tensor,
                style: torch.Tensor, steps: int) -> float:
     """Median seconds per step over ``steps`` steps after ``WARMUP_STEPS``."""
-    run = StyleParams(**{**asdict(params), "steps": WARMUP_STEPS + steps, "snapshot_every": 0})
+    run = dataclasses.replace(params, steps=WARMUP_STEPS + steps, snapshot_every=0, early_stop=False)
     stamps: list[float] = []
 
     def on_step(_: Any) -> None:
@@ -79,7 +80,7 @@ def step_flops(extractor: FeatureExtractor, params: StyleParams, content: torch.
     """FLOPs of one step: a 1-step run minus a 0-step run (which computes only targets)."""
     counts = []
     for steps in (0, 1):
-        run = StyleParams(**{**asdict(params), "steps": steps, "snapshot_every": 0})
+        run = dataclasses.replace(params, steps=steps, snapshot_every=0, early_stop=False)
         with FlopCounterMode(display=False) as counter:
             stylize(extractor, content, [(style, 1.0)], run)
         counts.append(counter.get_total_flops())
@@ -91,14 +92,14 @@ def run_bench(args: argparse.Namespace) -> int:
     if device.type == "cpu":
         tune_cpu_allocator()
     precisions = _precisions(args.precisions, device)
-    sizes = [int(s) for s in str(args.sizes).split(",") if s]
+    sizes = [int(s) for s in str(args.sizes or "128,512").split(",") if s]
     extractor = build_extractor(args.weights, device)
     library = PresetLibrary.default()
     peaks = {p: matmul_peak(device, _DTYPES[p]) for p in precisions}
     for p, g in peaks.items():
         logger.info("matmul peak %s on %s: %.0f GFLOP/s", p, device, g)
     rows: list[BenchRow] = []
-    for name in [n for n in str(args.presets).split(",") if n]:
+    for name in [n for n in str(args.presets or "book,gatys").split(",") if n]:
         preset = library.load(name)
         for size in sizes:
             # A 4:3 landscape photo at this short side; the style image at the same size.
@@ -128,7 +129,7 @@ def _precisions(arg: str | None, device: torch.device) -> list[str]:
         return [p for p in arg.split(",") if p]
     out = ["fp32"]
     if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        out.append("bf16")
+        out.append("bf16")  # measured even where it is emulated: the figure shows why auto skips it
     if device.type == "cuda":
         out += ["bf16", "fp16"] if torch.cuda.is_bf16_supported(including_emulation=False) else ["fp16"]
     return out
@@ -140,12 +141,16 @@ def _sync(device: torch.device) -> None:
 
 
 def _print(rows: list[BenchRow], device: torch.device, peaks: dict[str, float], *, as_json: bool) -> None:
+    auto = resolve_precision("auto", device)
+    why = cpu_bf16()[1] if device.type == "cpu" else "bf16 tensor cores" if auto == "bf16" else "no bf16 tensor cores"
     if as_json:
         print(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
+                          "precision_auto": auto, "precision_auto_why": why,
                           "matmul_peak_gflops": peaks, "rows": [asdict(r) for r in rows]}, indent=2))
         return
     peak_text = ", ".join(f"{p} {g:.0f}" for p, g in peaks.items())
     print(f"device {device}, {torch.get_num_threads()} threads; matmul peak GFLOP/s: {peak_text}")
+    print(f"precision auto: {auto} ({why})")
     print(f"{'preset':<8} {'size':>9} {'prec':<5} {'s/step':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} {'of peak':>8}")
     for r in rows:
         print(f"{r.preset:<8} {f'{r.height}x{r.width}':>9} {r.precision:<5} {r.s_per_step:>8.4f} "

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..engine.pyramid import PyramidState
 from ..engine.stylize import EngineState
 from ..fsops import write_atomic
 
@@ -29,12 +30,21 @@ Snapshots = list[tuple[int, Image.Image]]
 
 @dataclass
 class Checkpoint:
-    """An interrupted render: enough to go on from ``state.step`` bit for bit."""
+    """An interrupted render: enough to go on from ``step`` bit for bit. A coarse-to-fine
+    job's also has its ``pyramid`` (scale, tile, the tiles so far; ``state`` is then the
+    tile's); ``preview``: where the job's preview was written, if it was."""
 
     spec_identity: str
     state: EngineState
     rows: list[dict[str, float]]
     snapshots: Snapshots
+    pyramid: PyramidState | None = None
+    preview: str | None = None
+
+    @property
+    def step(self) -> int:
+        """The last step run, numbered as in the loss log (across scales and tiles)."""
+        return self.pyramid.global_step if self.pyramid is not None else self.state.step
 
     def save(self, path: Path) -> None:
         """torch.save to a temp name, then rename: a checkpoint is whole or absent."""
@@ -42,6 +52,9 @@ class Checkpoint:
             "spec_identity": self.spec_identity, "step": self.state.step, "image": self.state.image,
             "optimizer": self.state.optimizer_state, "rows": self.rows,
             "snapshots": [(s, png_bytes(img)) for s, img in self.snapshots],
+            "recent_totals": self.state.recent_totals,
+            "pyramid": self.pyramid.to_payload() if self.pyramid is not None else None,
+            "preview": self.preview,
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
@@ -51,9 +64,13 @@ class Checkpoint:
     def load(cls, path: Path) -> Checkpoint:
         # weights_only: a checkpoint file is data; unpickling it can never run code.
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        state = EngineState(step=int(payload["step"]), image=payload["image"], optimizer_state=payload["optimizer"])
+        state = EngineState(step=int(payload["step"]), image=payload["image"], optimizer_state=payload["optimizer"],
+                            recent_totals=[float(x) for x in payload.get("recent_totals", [])])
         snaps = [(int(s), Image.open(io.BytesIO(b)).convert("RGB")) for s, b in payload["snapshots"]]
-        return cls(str(payload.get("spec_identity", "")), state, list(payload["rows"]), snaps)
+        pyramid = PyramidState.from_payload(payload["pyramid"]) if payload.get("pyramid") is not None else None
+        preview = payload.get("preview")
+        return cls(str(payload.get("spec_identity", "")), state, list(payload["rows"]), snaps, pyramid,
+                   str(preview) if preview is not None else None)
 
 
 @dataclass

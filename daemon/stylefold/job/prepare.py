@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..engine import color
 from ..engine.layers import min_side
+from ..engine.pyramid import resize
 from ..failures import FailureKind, JobFailure
 from ..media import imageio
 from ..presets import Preset
@@ -52,7 +53,11 @@ def prepare(spec: JobSpec) -> Prepared:
     target_content, target_styles = _colour_targets(preset, content, styles)
 
     def finish(image: torch.Tensor) -> torch.Tensor:
-        return color.recombine_chroma(image, content) if preset.preserve_color == "luminance" else image
+        if preset.preserve_color != "luminance":
+            return image
+        # A preview or a coarse scale is smaller than the photo: its chroma at that size.
+        photo = content if image.shape[-2:] == content.shape[-2:] else resize(content, *image.shape[-2:])
+        return color.recombine_chroma(image, photo)
 
     return Prepared(loaded, content, target_content, target_styles, finish)
 

@@ -35,6 +35,11 @@ def publish(rendered: Rendered, outbox: Path, logs: Path, *, reserved: OutputPat
         rendered.image, outbox, logs, rendered.base, rendered.ext, quality=rendered.quality, exif=rendered.exif,
         before_link=on_reserve,
     )
+    preview = rendered.report.get("preview")
+    if isinstance(preview, str) and preview:
+        # The preview was named before the result; should the result have had to take
+        # another name (-2), the preview follows it, as the status page looks for it there.
+        rendered.report["preview"] = str(outputs.settle_preview(Path(preview), paths.base))
     report = {
         **rendered.report,
         **(extra_report or {}),
@@ -45,7 +50,7 @@ def publish(rendered: Rendered, outbox: Path, logs: Path, *, reserved: OutputPat
     }
     try:
         outputs.write_logs(paths, rendered.rows, report, rendered.snapshots, rendered.title)
-    except OSError as exc:
+    except Exception as exc:  # a full disk, a plot that cannot be drawn
         # The result is out: failing the job now would move its original to failed/
         # beside a finished picture, and a second drop would make a -2 result.
         logger.error("%s: result written, but its logs could not be (%s)", paths.image.name, exc)

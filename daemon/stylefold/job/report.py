@@ -17,7 +17,12 @@ __all__ = ["build_report", "utc_now", "versions"]
 
 def build_report(spec: JobSpec, loaded: LoadedImage, rows: list[dict[str, float]], *, stopped: bool,
                  device: str, precision: str, weights: WeightsInfo, started_at: str,
-                 seconds_total: float, seconds_engine: float) -> dict[str, Any]:
+                 seconds_total: float, seconds_engine: float, early_stops: list[dict[str, Any]] | None = None,
+                 preview: str | None = None, multi_scale: bool = False) -> dict[str, Any]:
+    """``early_stops``: where the optimisation converged before its steps (one entry for a
+    single-scale job, one per scale and tile that did for a coarse-to-fine one)."""
+    early_stops = early_stops or []
+    last = early_stops[-1] if early_stops else None
     total_weight = sum(s.weight for s in spec.styles)
     return {
         "status": "stopped" if stopped else "done",
@@ -32,6 +37,11 @@ def build_report(spec: JobSpec, loaded: LoadedImage, rows: list[dict[str, float]
         "preset": {"source": spec.preset_source, "effective": spec.preset.effective()},
         "device": device, "precision": precision,
         "steps_run": len(rows),
+        "stopped_early": bool(early_stops),
+        "stopped_early_at": last["step"] if last else None,
+        "stop_reason": last["reason"] if last else None,
+        **({"early_stops": early_stops} if multi_scale else {}),
+        "preview": preview,
         "final_losses": {k: v for k, v in rows[-1].items() if k.endswith("loss")} if rows else None,
         "seconds": {"total": round(seconds_total, 3), "engine": round(seconds_engine, 3)},
         "started_at": started_at,

@@ -19,19 +19,22 @@ import torch
 from PIL import Image
 
 from ..engine.features import FeatureExtractor
-from ..engine.pyramid import bytes_per_pixel, plan_pyramid, stylize_pyramid
+from ..engine.pyramid import PyramidState, Scale, bytes_per_pixel, plan_key, plan_pyramid, stylize_pyramid
 from ..engine.runtime import memory_budget_bytes, resolve_precision
 from ..engine.steps import StepInfo
-from ..engine.stylize import EngineError, EngineState, StyleParams, StyleResult, StyleTargetCache, stylize
+from ..engine.stylize import EarlyStop, EngineError, EngineState, StyleParams, StyleResult, StyleTargetCache, stylize
 from ..failures import FailureKind, JobFailure, classify
 from ..media import imageio, outputs
+from ..names import printable
 from ..presets import Preset
 from .checkpoint import Checkpoint, Rendered
 from .prepare import Prepared, prepare, to_pil
+from .preview import PreviewImage, render_preview
 from .report import build_report, utc_now
 from .spec import JobSpec
 
-__all__ = ["Done", "Failed", "JobCallbacks", "Outcome", "Resident", "Stopped", "engine_params", "run_job"]
+__all__ = ["Done", "Failed", "JobCallbacks", "Outcome", "PreviewImage", "Resident", "Stopped", "engine_params",
+           "run_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,9 @@ class JobCallbacks:
     on_checkpoint: Callable[[Checkpoint], None] | None = None
     checkpoint_every: int = 0
     should_stop: Callable[[], bool] | None = None
+    # Told the job's preview (preset ``preview``) before the full render goes on; returns
+    # where it was written (recorded in the report and the checkpoint), or None.
+    on_preview: Callable[[PreviewImage], str | None] | None = None
 
 
 @dataclass
@@ -100,24 +106,32 @@ def _run(spec: JobSpec, resident: Resident, callbacks: JobCallbacks, resume: Che
     spec.caps.check(spec.preset)
     precision = resolve_precision(spec.preset.precision, resident.device)
     prepared = prepare(spec)
-    resume = _usable(resume, spec, prepared)
-    record = _Recorder(spec.identity(), callbacks, prepared.finish, original=prepared.content)
+    plan = _plan(spec, resident, prepared, precision)
+    resume = _usable(resume, spec, prepared, plan)
+    base = outputs.base_name(spec.input.name, [s.name for s in spec.styles])
+    record = _Recorder(spec.identity(), callbacks, prepared.finish, original=prepared.content,
+                       preview_base=base, exif=prepared.loaded.exif, t0=t0)
     if resume is not None:
         record.resume_from(resume)
     t_engine = time.perf_counter()
-    result = _optimise(spec, resident, prepared, precision, resume, record)
+    result = _optimise(spec, resident, prepared, precision, resume, record, plan)
     engine_s = time.perf_counter() - t_engine
     if result.stopped:
-        return Stopped(Checkpoint(spec.identity(), result.state, record.rows, record.snapshots))
+        return Stopped(Checkpoint(spec.identity(), result.state, record.rows, record.snapshots,
+                                  pyramid=result.pyramid, preview=record.preview))
+    early = list(result.pyramid.early_stops) if result.pyramid is not None else (
+        [{"step": result.early_stop[0], "reason": result.early_stop[1]}] if result.early_stop else [])
     report = build_report(spec, prepared.loaded, record.rows, stopped=False, device=str(resident.device),
                           precision=precision, weights=resident.extractor.weights, started_at=started_at,
-                          seconds_total=time.perf_counter() - t0, seconds_engine=engine_s)
+                          seconds_total=time.perf_counter() - t0, seconds_engine=engine_s,
+                          early_stops=early, preview=record.preview, multi_scale=len(plan) > 1 or
+                          len(plan[0].tiles) > 1)
     return Done(Rendered(
         image=to_pil(prepared.finish(result.image)), exif=prepared.loaded.exif,
         ext=imageio.output_extension(Path(spec.input.name).suffix, spec.preset.output.format),
-        base=outputs.base_name(spec.input.name, [s.name for s in spec.styles]),
+        base=base,
         quality=spec.preset.output.quality, rows=record.rows, snapshots=record.snapshots, report=report,
-        title=f"{spec.input.name} · {', '.join(s.name for s in spec.styles)}",
+        title=printable(f"{spec.input.name} · {', '.join(s.name for s in spec.styles)}"),
     ))
 
 
@@ -134,9 +148,14 @@ class _Recorder:
     snapshots: list[tuple[int, Image.Image]] = field(default_factory=list)
     offset_s: float = 0.0
     original: torch.Tensor | None = None
+    preview_base: str = ""
+    exif: bytes | None = None
+    t0: float = 0.0
+    preview: str | None = None  # where the preview was written
 
     def resume_from(self, checkpoint: Checkpoint) -> None:
         self.rows, self.snapshots = list(checkpoint.rows), list(checkpoint.snapshots)
+        self.preview = checkpoint.preview
         # Elapsed time continues across a resume, so the CSV reads as one run.
         self.offset_s = self.rows[-1]["elapsed_s"] if self.rows else 0.0
 
@@ -164,21 +183,65 @@ class _Recorder:
 
     def checkpoint(self, state: EngineState) -> None:
         if self.callbacks.on_checkpoint is not None:
-            self.callbacks.on_checkpoint(Checkpoint(self.spec_identity, state, list(self.rows), list(self.snapshots)))
+            self.callbacks.on_checkpoint(Checkpoint(self.spec_identity, state, list(self.rows), list(self.snapshots),
+                                                    preview=self.preview))
+
+    def pyramid_checkpoint(self, where: PyramidState) -> None:
+        if self.callbacks.on_checkpoint is not None:
+            self.callbacks.on_checkpoint(Checkpoint(self.spec_identity, _tile_state(where), list(self.rows),
+                                                    list(self.snapshots), pyramid=where, preview=self.preview))
+
+    def give_preview(self, image: torch.Tensor, steps: int, *, coarse_scale: bool) -> None:
+        """Hand the preview out once (``on_preview``); a resumed job that wrote one already does not again."""
+        if self.callbacks.on_preview is None or self.preview is not None:
+            return
+        picture = PreviewImage(to_pil(self.finish(image)), self.preview_base, self.exif, steps,
+                               time.perf_counter() - self.t0, coarse_scale)
+        try:
+            self.preview = self.callbacks.on_preview(picture)
+        except OSError as exc:  # a preview is a courtesy: a full disk costs it, not the job
+            logger.warning("%s: preview not written (%s)", self.preview_base, exc)
 
 
-def _optimise(spec: JobSpec, resident: Resident, prepared: Prepared, precision: str,
-              resume: Checkpoint | None, record: _Recorder) -> StyleResult:
-    """One optimisation when the result fits the memory budget, else coarse to fine."""
-    preset, callbacks = spec.preset, record.callbacks
-    params = engine_params(preset, precision)
+def _tile_state(where: PyramidState) -> EngineState:
+    """The engine state a coarse-to-fine checkpoint carries: the tile's, or (between
+    tiles) the latest picture, which the status page shows."""
+    if where.tile_state is not None:
+        return where.tile_state
+    if where.canvas is not None and where.weight is not None and bool((where.weight > 0).any()):
+        image = where.canvas / where.weight.clamp_min(1e-8)
+    else:
+        image = where.previous if where.previous is not None else torch.zeros(1, 3, 1, 1)
+    return EngineState(step=0, image=image, optimizer_state={})
+
+
+def _plan(spec: JobSpec, resident: Resident, prepared: Prepared, precision: str) -> list[Scale]:
+    """One scale when the result fits the memory budget, else coarse to fine."""
+    preset = spec.preset
     layers = [n for n, _ in preset.style_layer_weights() + preset.content_layer_weights()]
     content = prepared.content
     budget = memory_budget_bytes(resident.device, spec.caps.memory_budget_mb)
     plan = plan_pyramid(content.shape[-2], content.shape[-1], preset.steps,
                         max(1, int(budget / bytes_per_pixel(layers, precision))), layers=layers)
+    if len(plan) > 1 or len(plan[0].tiles) > 1:
+        logger.info("%s: %dx%d exceeds one optimisation's memory budget (%.1f GB): %s",
+                    printable(spec.input.name), content.shape[-1], content.shape[-2], budget / 2**30,
+                    ", ".join(f"{s.width}x{s.height}/{s.steps} steps/{len(s.tiles)} tiles" for s in plan))
+    return plan
+
+
+def _optimise(spec: JobSpec, resident: Resident, prepared: Prepared, precision: str,
+              resume: Checkpoint | None, record: _Recorder, plan: list[Scale]) -> StyleResult:
+    preset, callbacks = spec.preset, record.callbacks
+    params = engine_params(preset, precision)
     try:
         if len(plan) == 1 and len(plan[0].tiles) == 1:
+            if preset.preview and record.preview is None and (resume is None or resume.step == 0):
+                preview = render_preview(resident.extractor, prepared, params, preset.preview,
+                                         style_scale=preset.style_scale, style_cache=resident.style_cache,
+                                         should_stop=callbacks.should_stop)
+                if not preview.stopped:
+                    record.give_preview(preview.image, len(preview.history), coarse_scale=False)
             return stylize(
                 resident.extractor, prepared.target_content, prepared.target_styles, params,
                 on_step=record.step, on_snapshot=record.snapshot if preset.snapshot_every else None,
@@ -186,27 +249,34 @@ def _optimise(spec: JobSpec, resident: Resident, prepared: Prepared, precision: 
                 resume=resume.state if resume else None, on_state=record.checkpoint,
                 state_every=callbacks.checkpoint_every,
             )
-        logger.info("%s: %dx%d exceeds one optimisation's memory budget (%.1f GB): %s",
-                    spec.input.name, content.shape[-1], content.shape[-2], budget / 2**30,
-                    ", ".join(f"{s.width}x{s.height}/{s.steps} steps/{len(s.tiles)} tiles" for s in plan))
-        # No mid-pyramid checkpoints: an interrupted multi-scale job starts over.
-        record.restart()
+
+        def on_scale(index: int, image: torch.Tensor) -> None:
+            if index == 0 and preset.preview:
+                record.give_preview(image, len(record.rows), coarse_scale=True)
+
         return stylize_pyramid(
             resident.extractor, prepared.target_content, prepared.target_styles, params, plan,
             style_scale=preset.style_scale, on_step=record.step, should_stop=callbacks.should_stop,
             style_cache=resident.style_cache, on_snapshot=record.snapshot,
+            resume=resume.pyramid if resume else None, on_state=record.pyramid_checkpoint,
+            state_every=callbacks.checkpoint_every, on_scale=on_scale,
         )
     except EngineError as exc:
         raise JobFailure(str(exc), kind=FailureKind.INTERNAL) from exc
 
 
-def _usable(resume: Checkpoint | None, spec: JobSpec, prepared: Prepared) -> Checkpoint | None:
+def _usable(resume: Checkpoint | None, spec: JobSpec, prepared: Prepared, plan: list[Scale]) -> Checkpoint | None:
     if resume is None:
         return None
     if resume.spec_identity != spec.identity():
         logger.warning("%s: checkpoint is of another job description; starting over", spec.input.name)
         return None
-    if tuple(resume.state.image.shape[-2:]) != tuple(prepared.content.shape[-2:]):
+    multi = len(plan) > 1 or len(plan[0].tiles) > 1
+    if multi != (resume.pyramid is not None) or (resume.pyramid is not None and resume.pyramid.plan_key !=
+                                                 plan_key(plan)):
+        logger.warning("%s: checkpoint is of another coarse-to-fine plan; starting over", spec.input.name)
+        return None
+    if not multi and tuple(resume.state.image.shape[-2:]) != tuple(prepared.content.shape[-2:]):
         logger.warning("%s: checkpoint is for another size; starting over", spec.input.name)
         return None
     return resume
@@ -216,6 +286,8 @@ def engine_params(preset: Preset, precision: str) -> StyleParams:
     """The engine's parameters: the preset's fields of the same names (the preset model
     is the one source of their defaults), with ``precision`` resolved."""
     values = {f.name: getattr(preset, f.name) for f in dataclasses.fields(StyleParams)
-              if f.name not in ("style_layers", "content_layers", "precision")}
+              if f.name not in ("style_layers", "content_layers", "precision", "early_stop")}
+    rule = preset.early_stop
+    early_stop = EarlyStop(rule.tolerance, rule.patience) if rule else False
     return StyleParams(style_layers=preset.style_layer_weights(), content_layers=preset.content_layer_weights(),
-                       precision=precision, **values)  # type: ignore[arg-type]
+                       precision=precision, early_stop=early_stop, **values)  # type: ignore[arg-type]

@@ -20,9 +20,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..digest import sha256_file
 from ..failures import FailureKind, JobFailure
 from ..presets import Preset
+from ..safeopen import sha256_regular
 
 __all__ = ["Caps", "InputRef", "JobSpec", "StyleInput", "result_key"]
 
@@ -104,8 +104,8 @@ class JobSpec(_Frozen):
     def for_files(cls, job_id: str, image: Path, preset: Preset, preset_source: str,
                   styles: Sequence[tuple[Path, float]], caps: Caps) -> JobSpec:
         """``make``, hashing the image and the style files (``stylefold run``)."""
-        return cls.make(job_id, image, sha256_file(image), preset, preset_source, styles, caps,
-                        [sha256_file(path) for path, _ in styles])
+        return cls.make(job_id, image, sha256_regular(image, follow_symlinks=True), preset, preset_source, styles, caps,
+                        [sha256_regular(path, follow_symlinks=True) for path, _ in styles])
 
     def identity(self) -> str:
         """What the result depends on, as a digest: the input's and styles' contents,

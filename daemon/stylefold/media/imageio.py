@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import struct
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ..failures import FailureKind, JobFailure
 from ..fsops import atomic_write
+from ..safeopen import NotRegularFile, open_regular
 
 __all__ = [
     "ImageError", "ImageTooLarge", "LoadedImage", "fit_short_side",
@@ -89,27 +91,35 @@ class LoadedImage:
 # ---------------------------------------------------------------- loading
 
 
-def load_image(path: Path, *, max_pixels: int = 80_000_000) -> LoadedImage:
-    """Decode `path` fully into an upright 8-bit sRGB RGB image, or raise ImageError."""
+def load_image(path: Path, *, max_pixels: int = 80_000_000, follow_symlinks: bool = True) -> LoadedImage:
+    """Decode `path` fully into an upright 8-bit sRGB RGB image, or raise ImageError.
+
+    The file is opened without blocking and must be a regular file (``Image.open(path)``
+    would block forever on a FIFO); ``follow_symlinks=False`` refuses a link too."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path.name} does not exist or is not a regular file.")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path.name} is empty (0 bytes).")
-    with warnings.catch_warnings():
+    try:
+        handle = open_regular(path, follow_symlinks=follow_symlinks)
+    except NotRegularFile as exc:
+        raise ImageError(f"{path.name} is {exc.what}, not a regular file.") from exc
+    except OSError as exc:
+        raise ImageError(f"{path.name} cannot be opened ({exc.strerror or exc}).") from exc
+    with handle, warnings.catch_warnings():
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise ImageError(f"{path.name} is empty (0 bytes).")
         # Pillow only warns between its limit and twice that; make the warning an error
         # here, unless the caller deliberately allows more than Pillow does.
         if max_pixels <= (Image.MAX_IMAGE_PIXELS or max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
         else:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return _decode(path, max_pixels)
+        return _decode(path, handle, max_pixels)
 
 
-def _decode(path: Path, max_pixels: int) -> LoadedImage:
+def _decode(path: Path, handle: BinaryIO, max_pixels: int) -> LoadedImage:
     try:
         # Image.open only parses the header, so the size check runs before any decoding.
-        with Image.open(path) as opened:
+        # Given a file object, Pillow reads from it and leaves closing it to us.
+        with Image.open(handle) as opened:
             _check_pixels(path, opened.size, max_pixels)
             # load() decodes frame 0 (the first frame of a GIF, WebP or TIFF) and raises
             # on truncation, because ImageFile.LOAD_TRUNCATED_IMAGES is left False.

@@ -20,13 +20,17 @@ from typing import Any
 from PIL import Image
 
 from ..fsops import MAX_NAME_ATTEMPTS, free_names, write_atomic
+from ..names import clean_stem, fit
 from . import imageio, render
 
-__all__ = ["CSV_HEADER", "OutputPaths", "base_name", "losses_csv", "publish_result", "write_logs"]
+__all__ = ["CSV_HEADER", "PREVIEWS", "OutputPaths", "base_name", "losses_csv", "previews_dir", "publish_preview",
+           "publish_result", "settle_preview", "write_logs"]
 
 CSV_HEADER = ("step", "style_loss", "content_loss", "tv_loss", "total_loss", "elapsed_s")
 MAX_SHEET_CELLS = 24
 MAX_BASE_CHARS = 150  # leaves room for "-N", ".losses.csv" and temp names in 255 bytes
+PREVIEWS = "previews"  # outbox/previews/: never outbox/ itself, which editors may auto-import
+PREVIEW_QUALITY = 90
 
 
 @dataclass(frozen=True)
@@ -54,14 +58,13 @@ class OutputPaths:
 
 
 def base_name(image_name: str, style_names: Sequence[str]) -> str:
-    """``NAME-STYLE``; blended styles are joined with ``+`` (``photo-ink+mosaic``)."""
+    """``NAME-STYLE``; blended styles are joined with ``+`` (``photo-ink+mosaic``).
+    Control characters (a newline, ESC) become ``_``: editors and other programs list
+    these names. Long names are cut (at a character boundary) so that the job cannot fail
+    after the whole optimisation with ENAMETOOLONG; the original keeps its own name."""
     stem = Path(image_name).stem
     styles = "+".join(Path(s).stem for s in style_names)
-    base = f"{stem}-{styles}"
-    # Long names must not fail the job after the whole optimisation (ENAMETOOLONG).
-    # os.fsencode: names that are not UTF-8 (surrogate escapes) count in their real bytes.
-    raw = os.fsencode(base)
-    return base if len(raw) <= MAX_BASE_CHARS else os.fsdecode(raw[:MAX_BASE_CHARS])
+    return fit(clean_stem(f"{stem}-{styles}"), limit=MAX_BASE_CHARS)
 
 
 def publish_result(image: Image.Image, outbox: Path, logs: Path, base: str, ext: str, *,
@@ -83,6 +86,47 @@ def publish_result(image: Image.Image, outbox: Path, logs: Path, base: str, ext:
             continue  # another process took this name between our check and the link
         return paths
     raise FileExistsError(f"no free output name for {base} after {MAX_NAME_ATTEMPTS} tries")
+
+
+def previews_dir(outbox: Path) -> Path:
+    return outbox / PREVIEWS
+
+
+def publish_preview(image: Image.Image, outbox: Path, logs: Path, base: str, *, exif: bytes | None = None) -> Path:
+    """Save a job's preview as ``outbox/previews/BASE.jpg`` under the first name that is
+    free for the result too (so it usually shares the result's base name); never
+    overwrites."""
+    folder = previews_dir(outbox)
+    folder.mkdir(parents=True, exist_ok=True)
+    for candidate in free_names(base):
+        target = folder / f"{candidate}.jpg"
+        result = OutputPaths.for_base(outbox, logs, candidate, ".jpg")
+        if target.exists() or result.logs_exist() or any(outbox.glob(f"{_glob_escape(candidate)}.*")):
+            continue
+        try:
+            imageio.save_image_atomic(image, target, quality=PREVIEW_QUALITY, exif=exif, overwrite=False)
+        except FileExistsError:
+            continue
+        return target
+    raise FileExistsError(f"no free preview name for {base} after {MAX_NAME_ATTEMPTS} tries")
+
+
+def settle_preview(preview: Path, base: str) -> Path:
+    """Give the preview the result's base name when the result took another one (the
+    name was taken meanwhile), if that name is free; else leave it where it is."""
+    target = preview.with_name(f"{base}.jpg")
+    if target == preview or not preview.is_file():
+        return preview
+    try:
+        os.link(preview, target)
+    except OSError:
+        return preview
+    preview.unlink(missing_ok=True)
+    return target
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def losses_csv(rows: Iterable[Mapping[str, float]]) -> bytes:

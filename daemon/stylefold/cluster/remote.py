@@ -1,0 +1,146 @@
+"""``RemoteRunner``: the hot-folder ``Worker`` whose render happens on a broker's worker.
+
+Everything around the render is the local worker's own code: attempts counted in the
+journal before work, poison after ``MAX_ATTEMPTS`` daemon deaths, the duplicate check,
+the render kept in the claim before it is published, publishing, the moves to done/ and
+failed/, and waits. Only the optimisation is replaced: the job goes to the queue, its
+progress comes back into the journal, its checkpoints into the claim folder, and its
+end as a ``Rendered`` loaded from the files the worker sent.
+
+A worker that stops renewing its lease for ``lease_s`` is dead: its job is sent again
+(from the last checkpoint) to whichever worker takes it; after ``MAX_ATTEMPTS`` worker
+deaths (a device error counts) the file is set aside as poison.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from ..engine.steps import StepInfo
+from ..failures import FailureKind, JobFailure
+from ..fsops import write_atomic
+from ..hotfolder.claims import Claim
+from ..hotfolder.journal import JobState
+from ..hotfolder.runner import JobEnd, JobResult
+from ..hotfolder.worker import Wait, Worker
+from ..job.checkpoint import Checkpoint, Rendered
+from ..job.run import Done, Failed
+from ..job.spec import JobSpec
+from .dispatch import Delivery, Dispatch
+from .follow import Follow, Stop
+
+__all__ = ["RemoteRunner"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RemoteRunner(Worker):
+    dispatch: Dispatch | None = None
+
+    def run(self, claim: Claim, should_stop: Callable[[], bool]) -> JobResult:
+        result = super().run(claim, should_stop)
+        if result.end in (JobEnd.DONE, JobEnd.FAILED, JobEnd.DUPLICATE) and self.dispatch is not None:
+            spec = claim.meta.spec
+            self.dispatch.forget(claim.job_id, spec.input.sha256 if spec else None)
+        return result
+
+    def _render(self, claim: Claim, spec: JobSpec, should_stop: Callable[[], bool],
+                started: float) -> Rendered | JobResult:
+        """Worker._render with the optimisation sent to the broker."""
+        outcome = self._remote(claim, spec, should_stop)
+        if isinstance(outcome, Stop):
+            return self._stopped_remote(claim, spec, outcome.step)
+        if isinstance(outcome, Failed):
+            return self._fail(claim, outcome.kind, outcome.message, started)
+        return outcome.rendered
+
+    def _remote(self, claim: Claim, spec: JobSpec, should_stop: Callable[[], bool]) -> Done | Failed | Stop:
+        assert self.dispatch is not None
+        from ..hotfolder.live import LiveFeed  # the status page's loss curve and current image
+
+        live = LiveFeed(self.hot, claim.job_id)
+        follow = Follow(self.dispatch, claim, spec, Delivery.load(claim.folder), should_stop,
+                        on_step=lambda info, worker: self._on_remote_step(claim, info, worker, live),
+                        on_checkpoint=lambda data: self._on_remote_checkpoint(claim, data, live))
+        try:
+            end = follow.run()
+        except JobFailure as exc:  # too large to travel
+            return Failed(exc.kind, str(exc))
+        except redis.RedisError as exc:
+            # A wait, not a failure: the claim stays and is tried again later (not counted
+            # as an attempt).
+            raise Wait(f"the broker cannot be reached ({exc})", counts=False) from exc
+        if isinstance(end, Stop | Failed):
+            return end
+        rendered = _load_render(claim.folder, end)
+        if rendered is None:
+            return Failed(FailureKind.INTERNAL, "the worker's render arrived damaged")
+        _local_paths(rendered, spec)
+        return Done(rendered)
+
+    def _on_remote_step(self, claim: Claim, info: StepInfo, worker: str, live: Any) -> None:
+        live.step(info.step, info.steps, info.total_loss, info.style_loss, info.content_loss, info.tv_loss)
+        self._record(self.journal.set_progress, claim.job_id, {
+            "step": info.step, "steps": info.steps, "total_loss": info.total_loss, "style_loss": info.style_loss,
+            "content_loss": info.content_loss, "tv_loss": info.tv_loss, "elapsed_s": info.elapsed_s,
+            "worker": worker})
+        if self.events.on_step:
+            self.events.on_step(claim, info)
+
+    def _on_remote_checkpoint(self, claim: Claim, data: bytes, live: Any) -> None:
+        try:
+            write_atomic(claim.checkpoint, data)
+        except OSError as exc:  # the job goes on; the broker keeps its copy
+            logger.warning("%s: checkpoint not saved (%s)", claim.meta.source, exc)
+            return
+        try:
+            live.image(Checkpoint.load(claim.checkpoint).state.image)
+        except Exception as exc:  # the page's picture only
+            logger.debug("%s: checkpoint not shown (%s)", claim.meta.source, exc)
+
+    def _stopped_remote(self, claim: Claim, spec: JobSpec, step: int) -> JobResult:
+        """Worker._stopped, for a checkpoint already in the claim (or none yet)."""
+        if claim.checkpoint.is_file():
+            try:
+                self._stopped(claim, spec, Checkpoint.load(claim.checkpoint))
+                return JobResult(JobEnd.STOPPED, step=step)
+            except Exception as exc:  # a damaged one: resumes from the start
+                logger.warning("%s: checkpoint unreadable (%s)", claim.meta.source, exc)
+        self._record(self.journal.set_progress, claim.job_id, {"step": 0, "steps": spec.preset.steps,
+                                                                 "stopped": True})
+        self._record(self.journal.set_state, claim.job_id, JobState.QUEUED)
+        self._record(self.journal.undo_attempt, claim.job_id)
+        claim.release()
+        return JobResult(JobEnd.STOPPED, step=step)
+
+
+def _local_paths(rendered: Rendered, spec: JobSpec) -> None:
+    """The report names this box's style files, as the local path's does, not the
+    worker's cache."""
+    styles = rendered.report.get("styles")
+    if isinstance(styles, list) and len(styles) == len(spec.styles):
+        for entry, style in zip(styles, spec.styles, strict=True):
+            if isinstance(entry, dict):
+                entry["path"] = style.path
+
+
+def _load_render(folder: Path, files: dict[str, bytes]) -> Rendered | None:
+    """The worker's ``Rendered.save`` files, written into the claim and loaded back."""
+    incoming = folder / "remote-render"
+    shutil.rmtree(incoming, ignore_errors=True)
+    incoming.mkdir()
+    try:
+        for name, data in files.items():
+            write_atomic(incoming / name, data)
+        return Rendered.load(incoming)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+
