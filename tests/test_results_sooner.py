@@ -27,6 +27,7 @@ from stylefold.presets import Preset, PresetError, PresetLibrary, builtin_dir
 from .conftest import book_params, write_photo
 from .test_hotfolder import Rig
 from .test_serve_process import START_S, Launcher, checkpoints, csv_steps, files, problems, wait_until, work_folders
+from .test_serve_process import serve as serve  # a fixture
 
 BOOK = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"]
 PHOTOGRAPHER = ("gatys", "impasto", "ink-wash", "pointillism", "stained-glass")
@@ -35,15 +36,6 @@ PHOTOGRAPHER = ("gatys", "impasto", "ink-wash", "pointillism", "stained-glass")
 @pytest.fixture
 def rig(tmp_path: Path, extractor: Any) -> Rig:
     return Rig(tmp_path, extractor)
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Launcher]:
-    launcher = Launcher(tmp_path)
-    try:
-        yield launcher
-    finally:
-        launcher.cleanup()
 
 
 @pytest.fixture(autouse=True)

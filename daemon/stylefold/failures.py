@@ -73,11 +73,18 @@ def classify(exc: BaseException, *, device: str = "the device", size: int | None
     return JobFailure(f"internal error: {_first_line(exc) or type(exc).__name__}", kind=FailureKind.INTERNAL)
 
 
+_SQLITE_FULL = 13
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """No space (or quota) left: an OSError's ENOSPC/EDQUOT, or SQLite's "database or
-    disk is full" (SQLITE_FULL), which comes as a plain ``sqlite3.OperationalError``."""
+    """No space (or quota) left: an OSError's ENOSPC/EDQUOT, or SQLite's SQLITE_FULL
+    ("database or disk is full"), which comes as a plain ``sqlite3.OperationalError``
+    (its ``sqlite_errorcode`` says so; the text, where an older build has no code)."""
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == _SQLITE_FULL)
     return type(exc).__name__ == "OperationalError" and "disk is full" in str(exc)
 
 

@@ -47,6 +47,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..failures import is_disk_full
 from . import journal_files as files
 from .journal_files import JournalCorrupt, journal_problem
 
@@ -122,7 +123,7 @@ class Journal:
         try:
             self._run(lambda db: None)  # connect now: a journal that cannot be opened fails here
         except (OSError, sqlite3.OperationalError) as exc:
-            if read_only or not files.is_disk_full(exc):
+            if read_only or not is_disk_full(exc):
                 raise
             # A full disk at start: the daemon starts anyway, its jobs wait (the worker
             # treats a journal that cannot record as a wait) and the next use tries again.

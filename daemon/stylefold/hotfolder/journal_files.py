@@ -12,7 +12,6 @@ and a missing journal's leftovers are moved aside before a new one is put in pla
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import secrets
@@ -38,7 +37,6 @@ __all__ = [
     "identity",
     "is_busy",
     "is_corrupt",
-    "is_disk_full",
     "journal_problem",
     "move_aside",
     "probe",
@@ -109,14 +107,6 @@ def is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     """The file is not (or no longer) a sound database (SQLITE_CORRUPT / SQLITE_NOTADB)."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """No space (or quota) left: a wait, not a reason to give up."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == _SQLITE_FULL
 
 
 def identity(path: Path) -> tuple[int, int] | None:

@@ -28,12 +28,10 @@ count), never a traceback. Torch-free.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
 import re
-import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from pydantic import ValidationError
 
 from ..job.spec import result_key
 from ..presets import Preset
+from ..safeopen import open_regular, sha256_regular
 from .claims import JOB_FILE, ClaimMeta, is_held
 from .journal import BUSY_TIMEOUT_S, JobRecord, JobState, Journal
 from .layout import HotFolder
@@ -230,13 +229,9 @@ def _recorded_or_hashed(body: dict[str, Any], path: Path, photo: str) -> str:
 
 def _hash_if_there(photo: Path) -> str:
     try:
-        fd = os.open(photo, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return ""  # put back into the inbox for a retry, or never there
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256_regular(photo)
+    except OSError:  # put back into the inbox for a retry, never there, or not a regular file
+        return ""
 
 
 # ---------------------------------------------------------------- reading untrusted files
@@ -245,11 +240,8 @@ def _hash_if_there(photo: Path) -> str:
 def _read_capped(path: Path, cap: int) -> tuple[bytes, os.stat_result]:
     """The bytes of a regular file of at most ``cap`` bytes; never follows a symlink and
     never blocks on a FIFO."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _Bad("not a regular file")
+    with open_regular(path) as f:  # NotRegularFile (an OSError) for a FIFO, a link...
+        st = os.fstat(f.fileno())
         raw = f.read(cap + 1)
     if len(raw) > cap:
         raise _Bad(f"larger than {cap // 1024} KB")
