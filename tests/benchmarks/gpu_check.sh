@@ -3,7 +3,7 @@
 # lent GPU machine from the repository root; everything it prints is for the issue note.
 #   bash tests/benchmarks/gpu_check.sh [OUTDIR]
 # Needs torch with CUDA (pip install -e . on the GPU machine). Random weights: nothing
-# is downloaded. Takes about 3 minutes on one H100/H200-class GPU.
+# is downloaded. Takes about 6 minutes on one H100/H200-class GPU.
 set -euo pipefail
 out=${1:-${OUT:-/tmp/stylefold-gpu}}
 mkdir -p "$out"
@@ -33,8 +33,33 @@ for p in sorted(pathlib.Path(sys.argv[1], "outbox", "logs").glob("*.json")):
     print(p.name, r["device"], r["precision"], r["seconds"], r["final_losses"]["total_loss"])
 PY
 
-echo "== bench on cuda"
-stylefold bench --device cuda --sizes 512,1024 --steps 10 | tee "$out/bench.txt"
+echo "== bench on cuda: s/step, fp32 and bf16, 512 and 1024 (issue 11: gatys at 512 and 1024 in bf16)"
+stylefold bench --device cuda --sizes 512,1024 --precisions fp32,bf16 --steps 10 | tee "$out/bench.txt"
+echo "== time to result on cuda (issue 11): every built-in preset at its size and at 1024, against flat"
+stylefold bench --time-to-result --device cuda --sizes default,1024 | tee "$out/time-to-result.txt"
+echo "== time to a finished 1-megapixel gatys result on cuda (issue 11: goal <= 3 s on an H200), peak memory"
+python -c "
+import time, uuid, torch
+from pathlib import Path
+from stylefold.engine.features import build_extractor
+from stylefold.job.run import Done, Resident, run_job
+from stylefold.job.spec import Caps, JobSpec
+from stylefold.job.time_to_result import make_photo
+from stylefold.presets import PresetLibrary
+lib = PresetLibrary.default()
+resident = Resident(build_extractor('random', 'cuda'))
+photo = make_photo(Path('/tmp/onemp.jpg'), 816)  # 816 x 1224 = 1.0 MP
+styles = [(lib.resolve_style(r.path), r.weight) for r in lib.load('gatys').style_refs()]
+for attempt in ('warm-up', 'measured'):
+    p = lib.from_data({'extends': 'gatys', 'size': 816}, 'gpu-1mp')
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t = time.perf_counter()
+    r = run_job(JobSpec.for_files(uuid.uuid4().hex, photo, p, 'gpu-1mp', styles, Caps()), resident)
+    torch.cuda.synchronize()
+    assert isinstance(r, Done), r
+    print(attempt, '1 MP gatys (816x1224):', round(time.perf_counter() - t, 2), 's,', len(r.rendered.rows), 'steps,',
+          'stopped early at', r.rendered.report.get('stopped_early_at'), ', peak',
+          round(torch.cuda.max_memory_allocated() / 2**30, 2), 'GiB')
+" | tee "$out/one-megapixel.txt"
 echo "== multi-scale 2048 long edge on cuda"
 python -c "
 import time, uuid, torch

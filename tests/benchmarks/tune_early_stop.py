@@ -64,7 +64,8 @@ def record(preset_name: str, size: int, weights: str, photo: Path) -> tuple[list
     t = time.perf_counter()
     outcome = run_job(spec, _resident)
     seconds = time.perf_counter() - t
-    assert isinstance(outcome, Done), outcome
+    if not isinstance(outcome, Done):
+        raise RuntimeError(f"{preset_name} at {size}: {outcome}")
     return [float(r["total_loss"]) for r in outcome.rendered.rows], seconds
 
 
@@ -88,7 +89,12 @@ def main() -> int:
     photo = args.photo or make_photo(folder / "photo.jpg", 1024)
     out: dict[str, Any] = {"size": args.size, "weights": args.weights, "presets": {}}
     for name in [n for n in args.presets.split(",") if n]:
-        totals, seconds = record(name, args.size, args.weights, photo)
+        try:
+            totals, seconds = record(name, args.size, args.weights, photo)
+        except RuntimeError as exc:  # a preset that fails here is reported, not scored
+            print(f"{name}: not scored, {exc}")
+            out.setdefault("failed", {})[name] = str(exc)
+            continue
         final = totals[-1]
         scores = []
         for tol in TOLERANCES:
