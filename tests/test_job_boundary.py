@@ -255,3 +255,53 @@ def test_claims_record_the_description_in_their_job_file(rig: Rig) -> None:
     library = PresetLibrary.for_config(rig.config())
     assert specs[0].preset == library.load("five").model_copy(update={"extends": None})
     rig.assert_nothing_lost()
+
+
+# ---------------------------------------------------------------- precision auto, diverged
+
+def _diverging_below_fp32(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """`auto` resolves to bf16, and a bf16 run's loss becomes nan at its third step
+    (as ink-wash's did at 128 px in bf16 on this CPU); fp32 runs as usual."""
+    import stylefold.job.run as run_module
+    from stylefold.engine.stylize import Diverged, stylize
+
+    ran: list[str] = []
+
+    def fake_stylize(*args: Any, **kwargs: Any) -> Any:
+        params: StyleParams = args[3]
+        ran.append(params.precision)
+        if params.precision != "fp32":
+            def nan_at_three(info: Any) -> None:
+                kwargs["on_step"](info)
+                if info.step == 3:
+                    raise Diverged("the loss became nan at step 3: the optimisation diverged")
+            return stylize(*args, **{**kwargs, "on_step": nan_at_three})
+        return stylize(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "resolve_precision", lambda requested, device: (
+        "bf16" if requested == "auto" else requested))
+    monkeypatch.setattr(run_module, "stylize", fake_stylize)
+    return ran
+
+
+def test_auto_precision_that_diverges_starts_again_in_fp32(files: tuple[Path, Path], extractor: Any,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    ran = _diverging_below_fp32(monkeypatch)
+    preset = TINY.model_copy(update={"precision": "auto", "steps": 5})
+    outcome = run_job(_spec(*files, preset=preset), Resident(extractor))
+    assert isinstance(outcome, Done), outcome
+    assert ran == ["bf16", "fp32"]
+    assert outcome.rendered.report["precision"] == "fp32"
+    assert [r["step"] for r in outcome.rendered.rows] == [1, 2, 3, 4, 5]  # the fp32 run's rows only
+    assert "starting again in fp32" in caplog.text
+
+
+def test_a_precision_asked_for_is_kept_and_its_divergence_fails_the_job(files: tuple[Path, Path], extractor: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    ran = _diverging_below_fp32(monkeypatch)
+    preset = TINY.model_copy(update={"precision": "bf16", "steps": 5})
+    outcome = run_job(_spec(*files, preset=preset), Resident(extractor))
+    assert isinstance(outcome, Failed) and outcome.kind == FailureKind.INTERNAL, outcome
+    assert "diverged" in outcome.message
+    assert ran == ["bf16"]

@@ -30,6 +30,7 @@ from .steps import StepInfo
 
 __all__ = [
     "EarlyStop",
+    "Diverged",
     "EngineError",
     "EngineState",
     "StepInfo",
@@ -52,6 +53,10 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class EngineError(Exception):
     """The optimisation cannot go on (diverged, unsupported combination)."""
+
+
+class Diverged(EngineError):
+    """The loss became nan or infinite: the optimisation cannot go on from here."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,7 @@ def _start(extractor: FeatureExtractor, content: torch.Tensor, styles: Sequence[
 
 def _check_finite(losses: Sequence[float], step: int) -> None:
     if not all(map(_finite, losses)):
-        raise EngineError(f"the loss became {losses[-1]} at step {step}: the optimisation diverged; "
+        raise Diverged(f"the loss became {losses[-1]} at step {step}: the optimisation diverged; "
                           "lower lr or the loss weights, or use precision fp32")
 
 

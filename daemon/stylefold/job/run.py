@@ -22,7 +22,16 @@ from ..engine.features import FeatureExtractor
 from ..engine.pyramid import PyramidState, Scale, bytes_per_pixel, plan_key, plan_pyramid, stylize_pyramid
 from ..engine.runtime import memory_budget_bytes, resolve_precision
 from ..engine.steps import StepInfo
-from ..engine.stylize import EarlyStop, EngineError, EngineState, StyleParams, StyleResult, StyleTargetCache, stylize
+from ..engine.stylize import (
+    Diverged,
+    EarlyStop,
+    EngineError,
+    EngineState,
+    StyleParams,
+    StyleResult,
+    StyleTargetCache,
+    stylize,
+)
 from ..failures import FailureKind, JobFailure, classify
 from ..media import imageio, outputs
 from ..names import printable
@@ -114,7 +123,16 @@ def _run(spec: JobSpec, resident: Resident, callbacks: JobCallbacks, resume: Che
     if resume is not None:
         record.resume_from(resume)
     t_engine = time.perf_counter()
-    result = _optimise(spec, resident, prepared, precision, resume, record, plan)
+    try:
+        result = _optimise(spec, resident, prepared, precision, resume, record, plan)
+    except _LowPrecisionDiverged as exc:
+        # `auto` chose the lower precision for speed; its range is what failed, not the
+        # photo or the preset. The job starts over in fp32 rather than failing.
+        logger.warning("%s: %s in %s; starting again in fp32", printable(spec.input.name), exc.__cause__, precision)
+        precision = "fp32"
+        plan = _plan(spec, resident, prepared, precision)
+        record.restart()
+        result = _optimise(spec, resident, prepared, precision, None, record, plan)
     engine_s = time.perf_counter() - t_engine
     if result.stopped:
         return Stopped(Checkpoint(spec.identity(), result.state, record.rows, record.snapshots,
@@ -261,8 +279,16 @@ def _optimise(spec: JobSpec, resident: Resident, prepared: Prepared, precision: 
             resume=resume.pyramid if resume else None, on_state=record.pyramid_checkpoint,
             state_every=callbacks.checkpoint_every, on_scale=on_scale,
         )
+    except Diverged as exc:
+        if preset.precision == "auto" and precision != "fp32":
+            raise _LowPrecisionDiverged from exc
+        raise JobFailure(str(exc), kind=FailureKind.INTERNAL) from exc
     except EngineError as exc:
         raise JobFailure(str(exc), kind=FailureKind.INTERNAL) from exc
+
+
+class _LowPrecisionDiverged(Exception):
+    """A run in the precision `auto` chose diverged (its cause): worth one more in fp32."""
 
 
 def _usable(resume: Checkpoint | None, spec: JobSpec, prepared: Prepared, plan: list[Scale]) -> Checkpoint | None:
