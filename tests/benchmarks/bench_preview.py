@@ -22,10 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "daemon"))
 
 
-class _PreviewSeen(Exception):
-    pass
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--short-side", type=int, default=4000)
@@ -39,7 +35,7 @@ def main() -> int:
     from stylefold.job.run import JobCallbacks, PreviewImage, Resident, run_job
     from stylefold.job.spec import Caps, JobSpec
     from stylefold.job.time_to_result import make_photo
-    from stylefold.presets import PresetLibrary
+    from stylefold.presets import Preset, PresetLibrary
 
     tune_cpu_allocator()
     library = PresetLibrary.default()
@@ -51,8 +47,8 @@ def main() -> int:
     photo = make_photo(Path(tempfile.mkdtemp(prefix="stylefold-preview-")) / "photo.jpg", args.short_side)
     resident = Resident(build_extractor(args.weights, "cpu"))
 
-    def spec(p: object) -> JobSpec:
-        return JobSpec.for_files(uuid.uuid4().hex, photo, p, args.preset, styles, Caps())  # type: ignore[arg-type]
+    def spec(p: Preset) -> JobSpec:
+        return JobSpec.for_files(uuid.uuid4().hex, photo, p, args.preset, styles, Caps())
 
     t = time.perf_counter()
     prepared = prepare(spec(preset))
@@ -63,16 +59,16 @@ def main() -> int:
 
     seen: list[PreviewImage] = []
 
-    def on_preview(image: PreviewImage) -> None:
-        seen.append(image)
-        raise _PreviewSeen
-
     t0 = time.perf_counter()
-    try:
-        run_job(spec(preset), resident, JobCallbacks(on_preview=on_preview))
-    except _PreviewSeen:
-        pass
-    seconds = time.perf_counter() - t0
+    stamps: list[float] = []
+
+    def on_preview(image: PreviewImage) -> None:
+        stamps.append(time.perf_counter() - t0)
+        seen.append(image)
+
+    # Stopped at the full render's first step once the preview is out.
+    run_job(spec(preset), resident, JobCallbacks(on_preview=on_preview, should_stop=lambda: bool(seen)))
+    seconds = stamps[0] if stamps else 0.0
     if not seen:
         print("no preview was made")
         return 1

@@ -279,11 +279,9 @@ def _optimise(spec: JobSpec, resident: Resident, prepared: Prepared, precision: 
             resume=resume.pyramid if resume else None, on_state=record.pyramid_checkpoint,
             state_every=callbacks.checkpoint_every, on_scale=on_scale,
         )
-    except Diverged as exc:
-        if preset.precision == "auto" and precision != "fp32":
-            raise _LowPrecisionDiverged from exc
-        raise JobFailure(str(exc), kind=FailureKind.INTERNAL) from exc
     except EngineError as exc:
+        if isinstance(exc, Diverged) and preset.precision == "auto" and precision != "fp32":
+            raise _LowPrecisionDiverged from exc
         raise JobFailure(str(exc), kind=FailureKind.INTERNAL) from exc
 
 
