@@ -1,5 +1,6 @@
 """The preset model's building blocks: the strict base, and the option objects of
-``preview`` and ``early_stop`` (SPEC §4). Pydantic only, no torch."""
+``preview`` and ``early_stop`` (SPEC §4) and ``coarse_to_fine`` (README). Pydantic
+only, no torch."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EarlyStopOptions", "PreviewOptions"]
+__all__ = ["CoarseToFineOptions", "EarlyStopOptions", "PreviewOptions"]
 
 
 class _Strict(BaseModel):
@@ -30,7 +31,18 @@ class EarlyStopOptions(_Strict):
     patience: Annotated[int, Field(ge=1, le=100_000)] = 20
 
 
+class CoarseToFineOptions(_Strict):
+    """``coarse_to_fine``: reach a large result through smaller ones, for speed. The
+    coarsest scale has a shorter side of at least ``size`` (below twice that) and runs
+    the preset's ``steps``; each finer scale, twice the previous, starts from its result
+    upsampled and runs ``steps`` of its own."""
+
+    size: Annotated[int, Field(ge=16, le=4096)] = 256
+    steps: Annotated[int, Field(ge=1, le=100_000)] = 60
+
+
 _OPTION_FORMS = {
     "preview": 'an object such as {"size": 256, "steps": 40}, or false',
     "early_stop": 'an object such as {"tolerance": 0.001, "patience": 20}, or false',
+    "coarse_to_fine": 'an object such as {"size": 256, "steps": 60}, or false',
 }

@@ -23,11 +23,12 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from .config import Config
 from .engine.layers import TAPPABLE_LAYERS
 from .failures import FailureKind, JobFailure
-from .preset_options import _OPTION_FORMS, EarlyStopOptions, PreviewOptions, _Strict
+from .preset_options import _OPTION_FORMS, CoarseToFineOptions, EarlyStopOptions, PreviewOptions, _Strict
 from .safeopen import read_regular
 
 __all__ = [
     "PRESET_SUFFIX",
+    "CoarseToFineOptions",
     "EarlyStopOptions",
     "Preset",
     "PresetError",
@@ -103,8 +104,9 @@ class Preset(_Strict):
     # Off in book: the chapter runs all its steps and writes one picture.
     preview: PreviewOptions | Literal[False] = False
     early_stop: EarlyStopOptions | Literal[False] = False
+    coarse_to_fine: CoarseToFineOptions | Literal[False] = False
 
-    @field_validator("preview", "early_stop", mode="before")
+    @field_validator("preview", "early_stop", "coarse_to_fine", mode="before")
     @classmethod
     def _object_or_false(cls, v: Any, info: Any) -> Any:
         if v is False or isinstance(v, Mapping | BaseModel):
@@ -233,12 +235,12 @@ def _allowed(key: str) -> str:
     return f" (allowed: {low if low is not None else '-inf'} to {high if high is not None else 'inf'})"
 
 
-_MERGED_OBJECTS = ("output", "preview", "early_stop")
+_MERGED_OBJECTS = ("output", "preview", "early_stop", "coarse_to_fine")
 
 
 def merge_preset(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Keys of ``override`` replace ``base``'s; the objects ``output``, ``preview`` and
-    ``early_stop`` merge key by key (``false`` replaces one)."""
+    """Keys of ``override`` replace ``base``'s; the objects ``output``, ``preview``,
+    ``early_stop`` and ``coarse_to_fine`` merge key by key (``false`` replaces one)."""
     merged = dict(base)
     for key, value in override.items():
         if key in _MERGED_OBJECTS and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):

@@ -77,18 +77,31 @@ def bytes_per_pixel(layers: Sequence[str], precision: str) -> float:
 
 
 def plan_pyramid(height: int, width: int, steps: int, max_pixels: int, *, layers: Sequence[str],
-                 overlap: int = OVERLAP) -> list[Scale]:
+                 overlap: int = OVERLAP, coarse: tuple[int, int] | None = None) -> list[Scale]:
     """Scales from coarse to fine, each twice the previous, the last at (height, width).
 
-    One scale when the whole image fits ``max_pixels`` (then the result is exactly a
-    single-scale run). Otherwise the coarsest scale is the largest that fits whole, but
-    not below MIN_COARSE_SIDE on the shorter side, and gets ``steps``; each finer scale
-    refines and gets half as many (at least a fifth of ``steps``, at least 1). Scales
-    above the budget are split into overlapping tiles of at most ``max_pixels``.
+    ``coarse`` = (side, fine_steps), coarse to fine for speed (preset ``coarse_to_fine``):
+    the coarsest scale is the smallest halving whose shorter side is still at least
+    ``side``, it gets ``steps`` and every finer scale ``fine_steps``.
+    Otherwise, one scale when the whole image fits ``max_pixels`` (then the result is
+    exactly a single-scale run), else the coarsest scale is the largest that fits whole,
+    but not below MIN_COARSE_SIDE on the shorter side, and gets ``steps``; each finer
+    scale refines and gets half as many (at least a fifth of ``steps``, at least 1).
+    Either way, scales above the budget are split into overlapping tiles of at most
+    ``max_pixels``.
     """
+    floor = min_side(layers)
+    if coarse is not None:
+        side, fine_steps = coarse
+        halvings = 0
+        while min(height, width) >> (halvings + 1) >= max(side, floor):
+            halvings += 1
+        if halvings:
+            sizes = [(round(height / 2**k), round(width / 2**k)) for k in range(halvings, -1, -1)]
+            return [Scale(h, w, steps if i == 0 else fine_steps, _tiles(h, w, max_pixels, overlap, floor))
+                    for i, (h, w) in enumerate(sizes)]
     if height * width <= max_pixels:
         return [Scale(height, width, steps, (Tile(0, 0, height, width),))]
-    floor = min_side(layers)
     factors = [1.0]
     while round(height * factors[-1]) * round(width * factors[-1]) > max_pixels:
         f = factors[-1] / 2

@@ -1,26 +1,27 @@
 """A job's preview (SPEC §4 ``preview``, §5 ``outbox/previews/``): a quick result at a
 small size, in the photographer's hands in seconds, before the full render.
 
-A single-scale job renders it first, at ``preview.size`` for ``preview.steps`` steps;
-a coarse-to-fine job's preview is its coarsest scale's result, which costs nothing
-extra. Torch here, no I/O: the picture leaves through ``JobCallbacks.on_preview``.
+A job renders it first, at ``preview.size`` for ``preview.steps`` steps, except a
+coarse-to-fine job whose coarsest scale is no more work than that preview: its
+coarsest scale's result is the preview, which costs nothing extra. Torch here, no I/O:
+the picture leaves through ``JobCallbacks.on_preview``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
 
 from ..engine.features import FeatureExtractor
-from ..engine.pyramid import resize, resize_short
+from ..engine.pyramid import Scale, resize, resize_short
 from ..engine.stylize import StyleParams, StyleResult, StyleTargetCache, stylize
 from ..presets import PreviewOptions
 from .prepare import Prepared
 
-__all__ = ["PreviewImage", "preview_shape", "render_preview"]
+__all__ = ["PreviewImage", "coarse_scale_is_preview", "preview_shape", "render_preview"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,14 @@ def preview_shape(height: int, width: int, size: int) -> tuple[int, int]:
     if size >= short:
         return height, width
     return max(1, round(height * size / short)), max(1, round(width * size / short))
+
+
+def coarse_scale_is_preview(plan: Sequence[Scale], options: PreviewOptions) -> bool:
+    """Whether a coarse-to-fine job's coarsest scale comes out no later than a preview
+    of its own would (pixels times steps), so that it can be the preview for free."""
+    coarsest, result = plan[0], plan[-1]
+    height, width = preview_shape(result.height, result.width, options.size)
+    return coarsest.height * coarsest.width * coarsest.steps <= height * width * options.steps
 
 
 def render_preview(extractor: FeatureExtractor, prepared: Prepared, params: StyleParams, options: PreviewOptions,

@@ -38,7 +38,7 @@ from ..names import printable
 from ..presets import Preset
 from .checkpoint import Checkpoint, Rendered
 from .prepare import Prepared, prepare, to_pil
-from .preview import PreviewImage, render_preview
+from .preview import PreviewImage, coarse_scale_is_preview, render_preview
 from .report import build_report, utc_now
 from .spec import JobSpec
 
@@ -234,14 +234,20 @@ def _tile_state(where: PyramidState) -> EngineState:
 
 
 def _plan(spec: JobSpec, resident: Resident, prepared: Prepared, precision: str) -> list[Scale]:
-    """One scale when the result fits the memory budget, else coarse to fine."""
+    """Coarse to fine where the preset asks (``coarse_to_fine``) or the result exceeds
+    the memory budget, else one scale."""
     preset = spec.preset
     layers = [n for n, _ in preset.style_layer_weights() + preset.content_layer_weights()]
     content = prepared.content
     budget = memory_budget_bytes(resident.device, spec.caps.memory_budget_mb)
+    speed = preset.coarse_to_fine
     plan = plan_pyramid(content.shape[-2], content.shape[-1], preset.steps,
-                        max(1, int(budget / bytes_per_pixel(layers, precision))), layers=layers)
-    if len(plan) > 1 or len(plan[0].tiles) > 1:
+                        max(1, int(budget / bytes_per_pixel(layers, precision))), layers=layers,
+                        coarse=(speed.size, speed.steps) if speed else None)
+    if speed and len(plan) > 1:
+        logger.info("%s: coarse to fine: %s", printable(spec.input.name),
+                    ", ".join(f"{s.width}x{s.height}/{s.steps} steps/{len(s.tiles)} tiles" for s in plan))
+    elif len(plan) > 1 or len(plan[0].tiles) > 1:
         logger.info("%s: %dx%d exceeds one optimisation's memory budget (%.1f GB): %s",
                     printable(spec.input.name), content.shape[-1], content.shape[-2], budget / 2**30,
                     ", ".join(f"{s.width}x{s.height}/{s.steps} steps/{len(s.tiles)} tiles" for s in plan))
@@ -252,14 +258,16 @@ def _optimise(spec: JobSpec, resident: Resident, prepared: Prepared, precision: 
               resume: Checkpoint | None, record: _Recorder, plan: list[Scale]) -> StyleResult:
     preset, callbacks = spec.preset, record.callbacks
     params = engine_params(preset, precision)
+    single = len(plan) == 1 and len(plan[0].tiles) == 1
+    coarse_preview = bool(preset.preview and not single and coarse_scale_is_preview(plan, preset.preview))
     try:
-        if len(plan) == 1 and len(plan[0].tiles) == 1:
-            if preset.preview and record.preview is None and (resume is None or resume.step == 0):
-                preview = render_preview(resident.extractor, prepared, params, preset.preview,
-                                         style_scale=preset.style_scale, style_cache=resident.style_cache,
-                                         should_stop=callbacks.should_stop)
-                if not preview.stopped:
-                    record.give_preview(preview.image, len(preview.history), coarse_scale=False)
+        if preset.preview and not coarse_preview and record.preview is None and (resume is None or resume.step == 0):
+            preview = render_preview(resident.extractor, prepared, params, preset.preview,
+                                     style_scale=preset.style_scale, style_cache=resident.style_cache,
+                                     should_stop=callbacks.should_stop)
+            if not preview.stopped:
+                record.give_preview(preview.image, len(preview.history), coarse_scale=False)
+        if single:
             return stylize(
                 resident.extractor, prepared.target_content, prepared.target_styles, params,
                 on_step=record.step, on_snapshot=record.snapshot if preset.snapshot_every else None,
@@ -269,7 +277,7 @@ def _optimise(spec: JobSpec, resident: Resident, prepared: Prepared, precision: 
             )
 
         def on_scale(index: int, image: torch.Tensor) -> None:
-            if index == 0 and preset.preview:
+            if index == 0 and coarse_preview:
                 record.give_preview(image, len(record.rows), coarse_scale=True)
 
         return stylize_pyramid(

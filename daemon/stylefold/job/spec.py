@@ -67,6 +67,9 @@ class Caps(_Frozen):
         if preset.steps > self.max_steps:
             problems.append(f"the preset asks for {preset.steps} steps; this server allows at most "
                             f"{self.max_steps} (config max_steps)")
+        if preset.coarse_to_fine and preset.coarse_to_fine.steps > self.max_steps:
+            problems.append(f"the preset asks for {preset.coarse_to_fine.steps} steps per finer scale "
+                            f"(coarse_to_fine.steps); this server allows at most {self.max_steps} (config max_steps)")
         if preset.size > self.max_size:
             problems.append(f"the preset asks for size {preset.size}; this server allows at most "
                             f"{self.max_size} (config max_size)")

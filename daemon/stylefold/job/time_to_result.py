@@ -103,8 +103,9 @@ def _render(resident: Resident, photo: Path, preset: Preset, name: str, caps: Ca
 
 def time_to_result(resident: Resident, photo: Path, name: str, size: int | None, *, flat: bool = True,
                    caps: Caps | None = None) -> TimeToResult:
-    """The preset as shipped (preview, early stop, coarse to fine where the budget asks)
-    at ``size`` (None: the preset's own), then flat, at full size, for all its steps."""
+    """The preset as shipped (preview, early stop, coarse to fine where it or the budget
+    asks) at ``size`` (None: the preset's own), then flat: one scale at full size, for
+    all its steps."""
     library = PresetLibrary.default()
     shipped = library.load(name)
     if size is not None:
@@ -113,13 +114,15 @@ def time_to_result(resident: Resident, photo: Path, name: str, size: int | None,
     # shape pay for kernel selection (oneDNN primitives, cuDNN autotuning), and the run
     # measured first would carry it alone.
     for warm_size in {shipped.preview.size if shipped.preview else shipped.size, shipped.size}:
-        warm = shipped.model_copy(update={"size": warm_size, "steps": 2, "preview": False, "early_stop": False})
+        warm = shipped.model_copy(update={"size": warm_size, "steps": 2, "preview": False, "early_stop": False,
+                                          "coarse_to_fine": False})
         _render(resident, photo, warm, name, Caps(max_size=16384, memory_budget_mb=FLAT_BUDGET_MB))
     done, seconds, preview_s = _render(resident, photo, shipped, name, caps or Caps())
     rows, report = done.rendered.rows, done.rendered.report
     flat_s, flat_steps, flat_final = float("nan"), 0, float("nan")
     if flat:
-        plain = shipped.model_copy(update={"preview": False, "early_stop": False, "snapshot_every": 0})
+        plain = shipped.model_copy(update={"preview": False, "early_stop": False, "coarse_to_fine": False,
+                                           "snapshot_every": 0})
         flat_done, flat_s, _ = _render(resident, photo, plain, name,
                                        Caps(max_size=16384, memory_budget_mb=FLAT_BUDGET_MB))
         flat_steps, flat_final = len(flat_done.rendered.rows), float(flat_done.rendered.rows[-1]["total_loss"])
