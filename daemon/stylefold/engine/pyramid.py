@@ -26,7 +26,7 @@ from .carry import carry_optimizer_state
 from .features import FeatureExtractor
 from .layers import LAYER_NAMES, min_side
 from .steps import StepInfo
-from .stylize import EngineState, StyleParams, StyleResult, StyleTargetCache, stylize
+from .stylize import EngineState, StyleParams, StyleResult, StyleTargetCache, best_from_payload, best_payload, stylize
 
 __all__ = ["PyramidState", "Scale", "Tile", "bytes_per_pixel", "plan_key", "plan_pyramid", "resize",
            "resize_short", "stylize_pyramid"]
@@ -165,13 +165,15 @@ class PyramidState:
                 "weight": self.weight, "early_stops": self.early_stops, "carried": self.carried,
                 "tile_state": None if tile is None else {"step": tile.step, "image": tile.image,
                                                          "optimizer": tile.optimizer_state,
-                                                         "recent_totals": tile.recent_totals}}
+                                                         "recent_totals": tile.recent_totals,
+                                                         "best": best_payload(tile.best)}}
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> PyramidState:
         tile = data["tile_state"]
         state = None if tile is None else EngineState(int(tile["step"]), tile["image"], tile["optimizer"],
-                                                      [float(x) for x in tile.get("recent_totals", [])])
+                                                      [float(x) for x in tile.get("recent_totals", [])],
+                                                      best_from_payload(tile.get("best")))
         return cls([(int(h), int(w), int(n), int(t)) for h, w, n, t in data["plan_key"]], int(data["scale"]),
                    int(data["tile"]), int(data["steps_done"]), data["previous"], data["canvas"], data["weight"],
                    state, list(data.get("early_stops", [])), data.get("carried"))

@@ -13,9 +13,7 @@ stops the loop through ``should_stop``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,8 +25,10 @@ from .early_stop import EarlyStop, converged, push_total
 from .features import FeatureExtractor
 from .losses import content_loss, gram_matrix, style_loss, tv_loss
 from .steps import StepInfo
+from .targets import StyleTargetCache, tensor_digest
 
 __all__ = [
+    "Best",
     "EarlyStop",
     "Diverged",
     "EngineError",
@@ -37,6 +37,8 @@ __all__ = [
     "StyleParams",
     "StyleResult",
     "StyleTargetCache",
+    "best_from_payload",
+    "best_payload",
     "converged",
     "push_total",
     "stylize",
@@ -56,7 +58,12 @@ class EngineError(Exception):
 
 
 class Diverged(EngineError):
-    """The loss became nan or infinite: the optimisation cannot go on from here."""
+    """The loss became nan or infinite: the optimisation cannot go on from here.
+    ``what``: the fact alone ("the loss became nan at step 85"), without the advice."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}: the optimisation diverged; lower lr or the loss weights, or use precision fp32")
+        self.what = what
 
 
 @dataclass(frozen=True)
@@ -81,15 +88,21 @@ class StyleParams:
     early_stop: EarlyStop | Literal[False]  # False: run every step (the chapter)
 
 
+# (step, total loss, image) of the lowest-loss image an L-BFGS run has evaluated so far.
+Best = tuple[int, float, torch.Tensor]
+
+
 @dataclass
 class EngineState:
     """Where an optimisation stands: enough to resume it after ``step`` steps.
-    ``recent_totals``: the last total losses, which early stopping looks back over."""
+    ``recent_totals``: the last total losses, which early stopping looks back over;
+    ``best``: L-BFGS's lowest-loss image so far, which becomes the result."""
 
     step: int
     image: torch.Tensor
     optimizer_state: dict[str, Any]
     recent_totals: list[float] = field(default_factory=list)
+    best: Best | None = None
 
 
 @dataclass
@@ -100,41 +113,8 @@ class StyleResult:
     state: EngineState
     # Converged before params.steps (early_stop): the last step run, and why.
     early_stop: tuple[int, str] | None = None
+    result_step: int | None = None  # L-BFGS: the step whose image is the result (its lowest loss)
     pyramid: Any = None  # a coarse-to-fine run's PyramidState: where it stopped, or its end
-
-
-@dataclass
-class StyleTargetCache:
-    """Gram targets by (style pixels, layers, pooling, normalisation, precision).
-
-    Keyed by a digest of the style tensor itself, so the same style file at the same
-    working size hits the cache whichever job asks for it. Bounded (LRU): each entry is
-    a few MB at most (C x C matrices), but a daemon runs for months.
-    """
-
-    max_entries: int = 32
-    hits: int = 0
-    misses: int = 0
-    _entries: OrderedDict[tuple[Any, ...], dict[str, torch.Tensor]] = field(default_factory=OrderedDict)
-
-    def get_or_compute(
-        self, key: tuple[Any, ...], compute: Callable[[], dict[str, torch.Tensor]]
-    ) -> dict[str, torch.Tensor]:
-        if key in self._entries:
-            self.hits += 1
-            self._entries.move_to_end(key)
-            return self._entries[key]
-        self.misses += 1
-        value = compute()
-        self._entries[key] = value
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return value
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    data = t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return hashlib.sha1(data).hexdigest() + str(tuple(t.shape))
 
 
 def stylize(
@@ -173,14 +153,19 @@ def stylize(
     stopped = False
     early: tuple[int, str] | None = None
     totals = list(resume.recent_totals) if resume else []
+    best = resume.best if resume else None
     for step in range(first_step, params.steps + 1):
         if should_stop is not None and should_stop():
             stopped = True
             step -= 1
             break
-        before = image.detach().clamp(0, 1) if params.early_stop and params.optimizer == "lbfgs" else None
+        # L-BFGS without a line search (one evaluation a step) can overshoot into a spike
+        # and climb back: its result is the lowest-loss image it evaluated, never a spike.
+        before = image.detach().clamp(0, 1) if params.optimizer == "lbfgs" else None
         s, c, t, total = _step(image, optimizer, objective, params, scaler)
         _check_finite((s, c, t, total), step)
+        if before is not None and (best is None or total < best[1]):
+            best = (step, total, before)
         info = StepInfo(step, params.steps, s, c, t, total, time.perf_counter() - start)
         history.append(info)
         if on_step is not None:
@@ -195,12 +180,30 @@ def stylize(
                 break
         if on_state is not None and state_every and step % state_every == 0 and step < params.steps:
             on_state(EngineState(step=step, image=image.detach().to("cpu", copy=True),
-                                 optimizer_state=optimizer.state_dict(), recent_totals=list(totals)))
+                                 optimizer_state=optimizer.state_dict(), recent_totals=list(totals),
+                                 best=_on_cpu(best)))
 
-    result_image = _final(image)
+    result_image = _final(best[2] if best is not None else image)
     state = EngineState(step=step, image=image.detach().to("cpu", copy=True), optimizer_state=optimizer.state_dict(),
-                        recent_totals=totals)
-    return StyleResult(image=result_image, history=history, stopped=stopped, state=state, early_stop=early)
+                        recent_totals=totals, best=_on_cpu(best))
+    return StyleResult(image=result_image, history=history, stopped=stopped, state=state, early_stop=early,
+                       result_step=best[0] if best is not None else None)
+
+
+def best_payload(best: Best | None) -> list[Any] | None:
+    """``best`` as checkpoint data (``torch.load(weights_only=True)`` reads it back)."""
+    return None if best is None else [best[0], best[1], best[2]]
+
+
+def best_from_payload(data: Any) -> Best | None:
+    if data is None:
+        return None
+    step, total, image = data
+    return int(step), float(total), image
+
+
+def _on_cpu(best: Best | None) -> Best | None:
+    return None if best is None else (best[0], best[1], best[2].to("cpu", copy=True))
 
 
 def _start(extractor: FeatureExtractor, content: torch.Tensor, styles: Sequence[tuple[torch.Tensor, float]],
@@ -229,8 +232,7 @@ def _start(extractor: FeatureExtractor, content: torch.Tensor, styles: Sequence[
 
 def _check_finite(losses: Sequence[float], step: int) -> None:
     if not all(map(_finite, losses)):
-        raise Diverged(f"the loss became {losses[-1]} at step {step}: the optimisation diverged; "
-                          "lower lr or the loss weights, or use precision fp32")
+        raise Diverged(f"the loss became {losses[-1]} at step {step}")
 
 
 @dataclass

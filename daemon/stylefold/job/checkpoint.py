@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..engine.pyramid import PyramidState
-from ..engine.stylize import EngineState
+from ..engine.stylize import EngineState, best_from_payload, best_payload
 from ..fsops import write_atomic
 
 __all__ = ["Checkpoint", "Rendered", "png_bytes"]
@@ -53,6 +53,7 @@ class Checkpoint:
             "optimizer": self.state.optimizer_state, "rows": self.rows,
             "snapshots": [(s, png_bytes(img)) for s, img in self.snapshots],
             "recent_totals": self.state.recent_totals,
+            "best": best_payload(self.state.best),
             "pyramid": self.pyramid.to_payload() if self.pyramid is not None else None,
             "preview": self.preview,
         }
@@ -65,7 +66,8 @@ class Checkpoint:
         # weights_only: a checkpoint file is data; unpickling it can never run code.
         payload = torch.load(path, map_location="cpu", weights_only=True)
         state = EngineState(step=int(payload["step"]), image=payload["image"], optimizer_state=payload["optimizer"],
-                            recent_totals=[float(x) for x in payload.get("recent_totals", [])])
+                            recent_totals=[float(x) for x in payload.get("recent_totals", [])],
+                            best=best_from_payload(payload.get("best")))
         snaps = [(int(s), Image.open(io.BytesIO(b)).convert("RGB")) for s, b in payload["snapshots"]]
         pyramid = PyramidState.from_payload(payload["pyramid"]) if payload.get("pyramid") is not None else None
         preview = payload.get("preview")

@@ -128,7 +128,9 @@ def _run(spec: JobSpec, resident: Resident, callbacks: JobCallbacks, resume: Che
     except _LowPrecisionDiverged as exc:
         # `auto` chose the lower precision for speed; its range is what failed, not the
         # photo or the preset. The job starts over in fp32 rather than failing.
-        logger.warning("%s: %s in %s; starting again in fp32", printable(spec.input.name), exc.__cause__, precision)
+        cause = exc.__cause__
+        what = cause.what if isinstance(cause, Diverged) else str(cause)
+        logger.warning("%s: diverged in %s (%s); starting again in fp32", printable(spec.input.name), precision, what)
         precision = "fp32"
         plan = _plan(spec, resident, prepared, precision)
         record.restart()
