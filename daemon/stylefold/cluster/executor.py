@@ -120,14 +120,14 @@ class Executor:
             self._save_checkpoint(running.keys, outcome.checkpoint)
             if running.why_stop == "lost":
                 logger.info("left %s at step %d to the worker that holds it", running.source,
-                            outcome.checkpoint.state.step)
+                            outcome.checkpoint.step)
                 return None
             reason = "shutdown" if running.why_stop == "" else running.why_stop
-            logger.info("stopped %s at step %d (%s)", running.source, outcome.checkpoint.state.step, reason)
+            logger.info("stopped %s at step %d (%s)", running.source, outcome.checkpoint.step, reason)
             # A warm shutdown of the worker: its job goes to another (retry); a cancel
             # from the daemon: the daemon resumes it later (stopped).
             return self._ending(running, "stopped" if reason == "cancel" else "retry",
-                                step=outcome.checkpoint.state.step, message=f"worker {reason}")
+                                step=outcome.checkpoint.step, message=f"worker {reason}")
         assert isinstance(outcome, Failed)
         if outcome.kind == FailureKind.DEVICE_ERROR:
             logger.critical("device error on %s: %s", running.source, outcome.message)
@@ -199,7 +199,7 @@ class Executor:
             except Exception as exc:  # a damaged checkpoint costs its steps
                 logger.warning("%s: checkpoint unreadable (%s); starting over", spec.input.name, exc)
                 return None
-        logger.info("%s: resuming at step %d", printable(spec.input.name), checkpoint.state.step)
+        logger.info("%s: resuming at step %d", printable(spec.input.name), checkpoint.step)
         return checkpoint
 
     def _save_checkpoint(self, keys: Keys, checkpoint: Checkpoint) -> None:
@@ -210,7 +210,7 @@ class Executor:
         if len(data) > self.max_transfer:
             raise TransferTooLarge("the checkpoint", len(data), self.max_transfer)
         self.client.set(keys.checkpoint, data, ex=JOB_TTL_S)
-        self._push(keys, {"event": "checkpoint", "worker": self.name, "step": checkpoint.state.step})
+        self._push(keys, {"event": "checkpoint", "worker": self.name, "step": checkpoint.step})
 
     def _upload_render(self, keys: Keys, done: Done) -> dict[str, str]:
         import hashlib
