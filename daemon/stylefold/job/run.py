@@ -128,9 +128,7 @@ def _run(spec: JobSpec, resident: Resident, callbacks: JobCallbacks, resume: Che
     except _LowPrecisionDiverged as exc:
         # `auto` chose the lower precision for speed; its range is what failed, not the
         # photo or the preset. The job starts over in fp32 rather than failing.
-        cause = exc.__cause__
-        what = cause.what if isinstance(cause, Diverged) else str(cause)
-        logger.warning("%s: diverged in %s (%s); starting again in fp32", printable(spec.input.name), precision, what)
+        logger.warning("%s: diverged in %s (%s); starting again in fp32", printable(spec.input.name), precision, exc)
         precision = "fp32"
         plan = _plan(spec, resident, prepared, precision)
         record.restart()
@@ -246,13 +244,12 @@ def _plan(spec: JobSpec, resident: Resident, prepared: Prepared, precision: str)
     plan = plan_pyramid(content.shape[-2], content.shape[-1], preset.steps,
                         max(1, int(budget / bytes_per_pixel(layers, precision))), layers=layers,
                         coarse=(speed.size, speed.steps) if speed else None)
+    scales = ", ".join(f"{s.width}x{s.height}/{s.steps} steps/{len(s.tiles)} tiles" for s in plan)
     if speed and len(plan) > 1:
-        logger.info("%s: coarse to fine: %s", printable(spec.input.name),
-                    ", ".join(f"{s.width}x{s.height}/{s.steps} steps/{len(s.tiles)} tiles" for s in plan))
+        logger.info("%s: coarse to fine: %s", printable(spec.input.name), scales)
     elif len(plan) > 1 or len(plan[0].tiles) > 1:
         logger.info("%s: %dx%d exceeds one optimisation's memory budget (%.1f GB): %s",
-                    printable(spec.input.name), content.shape[-1], content.shape[-2], budget / 2**30,
-                    ", ".join(f"{s.width}x{s.height}/{s.steps} steps/{len(s.tiles)} tiles" for s in plan))
+                    printable(spec.input.name), content.shape[-1], content.shape[-2], budget / 2**30, scales)
     return plan
 
 
@@ -291,12 +288,13 @@ def _optimise(spec: JobSpec, resident: Resident, prepared: Prepared, precision: 
         )
     except EngineError as exc:
         if isinstance(exc, Diverged) and preset.precision == "auto" and precision != "fp32":
-            raise _LowPrecisionDiverged from exc
+            raise _LowPrecisionDiverged(exc.what) from exc
         raise JobFailure(str(exc), kind=FailureKind.INTERNAL) from exc
 
 
 class _LowPrecisionDiverged(Exception):
-    """A run in the precision `auto` chose diverged (its cause): worth one more in fp32."""
+    """A run in the precision `auto` chose diverged (its cause; the message is the
+    divergence's ``what``): worth one more in fp32."""
 
 
 def _usable(resume: Checkpoint | None, spec: JobSpec, prepared: Prepared, plan: list[Scale]) -> Checkpoint | None:

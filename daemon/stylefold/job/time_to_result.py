@@ -109,7 +109,7 @@ def picture_loss(resident: Resident, spec: JobSpec, done: Done) -> float:
 
 
 def _render(resident: Resident, photo: Path, preset: Preset, name: str,
-            caps: Caps) -> tuple[Done, float, float | None, float]:
+            caps: Caps) -> tuple[Done, float, float | None, JobSpec]:
     library = PresetLibrary.default()
     styles = [(library.resolve_style(ref.path), ref.weight) for ref in preset.style_refs()]
     preview_at: list[float] = []
@@ -123,7 +123,7 @@ def _render(resident: Resident, photo: Path, preset: Preset, name: str,
     seconds = time.perf_counter() - t0
     if not isinstance(outcome, Done):
         raise RuntimeError(f"{name} at {preset.size}: {outcome}")
-    return outcome, seconds, preview_at[0] if preview_at else None, picture_loss(resident, spec, outcome)
+    return outcome, seconds, preview_at[0] if preview_at else None, spec
 
 
 def time_to_result(resident: Resident, photo: Path, name: str, size: int | None, *, flat: bool = True,
@@ -142,14 +142,16 @@ def time_to_result(resident: Resident, photo: Path, name: str, size: int | None,
         warm = shipped.model_copy(update={"size": warm_size, "steps": 2, "preview": False, "early_stop": False,
                                           "coarse_to_fine": False})
         _render(resident, photo, warm, name, Caps(max_size=16384, memory_budget_mb=FLAT_BUDGET_MB))
-    done, seconds, preview_s, picture = _render(resident, photo, shipped, name, caps or Caps())
+    done, seconds, preview_s, spec = _render(resident, photo, shipped, name, caps or Caps())
+    picture = picture_loss(resident, spec, done)
     rows, report = done.rendered.rows, done.rendered.report
     flat_s, flat_steps, flat_final, flat_picture = float("nan"), 0, float("nan"), float("nan")
     if flat:
         plain = shipped.model_copy(update={"preview": False, "early_stop": False, "coarse_to_fine": False,
                                            "snapshot_every": 0})
-        flat_done, flat_s, _, flat_picture = _render(resident, photo, plain, name,
-                                                     Caps(max_size=16384, memory_budget_mb=FLAT_BUDGET_MB))
+        flat_done, flat_s, _, flat_spec = _render(resident, photo, plain, name,
+                                                  Caps(max_size=16384, memory_budget_mb=FLAT_BUDGET_MB))
+        flat_picture = picture_loss(resident, flat_spec, flat_done)
         flat_steps, flat_final = len(flat_done.rendered.rows), float(flat_done.rendered.rows[-1]["total_loss"])
     return TimeToResult(name, shipped.size, preview_s, seconds, len(rows), report.get("stopped_early_at"),
                         float(rows[-1]["total_loss"]), flat_s, flat_steps, flat_final, picture, flat_picture)
