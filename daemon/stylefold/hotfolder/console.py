@@ -163,7 +163,10 @@ class ServeConsole:
         self._job, self._info = name, None
         self._meter = RateMeter()
         self._last_log = time.monotonic()
-        logger.info("job start %s (%d steps, size %d)", name, preset.steps, preset.size)
+        # The preset's size and steps: a job made coarse to fine or in tiles runs more
+        # steps in all, which its progress lines count (step k/N).
+        logger.info("job start %s (preset %s: size %d, %d steps)", name, printable(spec.preset_source[:80]),
+                    preset.size, preset.steps)
         self._refresh()
 
     def step(self, name: str, info: StepInfo) -> None:
