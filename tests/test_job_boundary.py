@@ -305,3 +305,24 @@ def test_a_precision_asked_for_is_kept_and_its_divergence_fails_the_job(files: t
     assert isinstance(outcome, Failed) and outcome.kind == FailureKind.INTERNAL, outcome
     assert "diverged" in outcome.message
     assert ran == ["bf16"]
+
+
+def test_a_job_stopped_after_going_over_to_fp32_resumes_in_fp32(files: tuple[Path, Path], extractor: Any,
+                                                               monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    ran = _diverging_below_fp32(monkeypatch)
+    spec = _spec(*files, preset=TINY.model_copy(update={"precision": "auto", "steps": 6}))
+    steps: list[int] = []  # bf16: 1, 2, 3 (nan); fp32: 1, 2, then the stop
+    stopped = run_job(spec, Resident(extractor), JobCallbacks(on_step=lambda i: steps.append(i.step),
+                                                              should_stop=lambda: steps.count(2) == 2))
+    assert ran == ["bf16", "fp32"] and isinstance(stopped, Stopped)  # stopped at the fp32 run's step 2
+    stopped.checkpoint.save(tmp_path / "checkpoint.pt")
+    loaded = Checkpoint.load(tmp_path / "checkpoint.pt")
+    assert loaded.precision == "fp32" and loaded.state.step == 2
+    resumed = run_job(spec, Resident(extractor), resume=loaded)
+    assert isinstance(resumed, Done), resumed
+    assert ran == ["bf16", "fp32", "fp32"]  # not bf16 again, which would diverge and start over
+    assert resumed.rendered.report["precision"] == "fp32"
+    assert [r["step"] for r in resumed.rendered.rows] == [1, 2, 3, 4, 5, 6]
+    assert "photo.jpg: resuming in fp32, as the run was when it stopped" in caplog.text

@@ -40,6 +40,7 @@ class Checkpoint:
     snapshots: Snapshots
     pyramid: PyramidState | None = None
     preview: str | None = None
+    precision: str | None = None  # the run's: a job gone over to fp32 resumes in fp32
 
     @property
     def step(self) -> int:
@@ -56,6 +57,7 @@ class Checkpoint:
             "best": best_payload(self.state.best),
             "pyramid": self.pyramid.to_payload() if self.pyramid is not None else None,
             "preview": self.preview,
+            "precision": self.precision,
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
@@ -70,9 +72,9 @@ class Checkpoint:
                             best=best_from_payload(payload.get("best")))
         snaps = [(int(s), Image.open(io.BytesIO(b)).convert("RGB")) for s, b in payload["snapshots"]]
         pyramid = PyramidState.from_payload(payload["pyramid"]) if payload.get("pyramid") is not None else None
-        preview = payload.get("preview")
+        preview, precision = payload.get("preview"), payload.get("precision")
         return cls(str(payload.get("spec_identity", "")), state, list(payload["rows"]), snaps, pyramid,
-                   str(preview) if preview is not None else None)
+                   str(preview) if preview is not None else None, str(precision) if precision is not None else None)
 
 
 @dataclass

@@ -114,12 +114,16 @@ def _run(spec: JobSpec, resident: Resident, callbacks: JobCallbacks, resume: Che
     started_at, t0 = utc_now(), time.perf_counter()
     spec.caps.check(spec.preset)
     precision = resolve_precision(spec.preset.precision, resident.device)
+    if resume is not None and resume.precision == "fp32" and precision != "fp32" and spec.preset.precision == "auto":
+        # The run went over to fp32 after diverging in the lower precision (below).
+        logger.info("%s: resuming in fp32, as the run was when it stopped", printable(spec.input.name))
+        precision = "fp32"
     prepared = prepare(spec)
     plan = _plan(spec, resident, prepared, precision)
     resume = _usable(resume, spec, prepared, plan)
     base = outputs.base_name(spec.input.name, [s.name for s in spec.styles])
     record = _Recorder(spec.identity(), callbacks, prepared.finish, original=prepared.content,
-                       preview_base=base, exif=prepared.loaded.exif, t0=t0)
+                       preview_base=base, exif=prepared.loaded.exif, t0=t0, precision=precision)
     if resume is not None:
         record.resume_from(resume)
     t_engine = time.perf_counter()
@@ -129,14 +133,14 @@ def _run(spec: JobSpec, resident: Resident, callbacks: JobCallbacks, resume: Che
         # `auto` chose the lower precision for speed; its range is what failed, not the
         # photo or the preset. The job starts over in fp32 rather than failing.
         logger.warning("%s: diverged in %s (%s); starting again in fp32", printable(spec.input.name), precision, exc)
-        precision = "fp32"
+        precision = record.precision = "fp32"
         plan = _plan(spec, resident, prepared, precision)
         record.restart()
         result = _optimise(spec, resident, prepared, precision, None, record, plan)
     engine_s = time.perf_counter() - t_engine
     if result.stopped:
         return Stopped(Checkpoint(spec.identity(), result.state, record.rows, record.snapshots,
-                                  pyramid=result.pyramid, preview=record.preview))
+                                  pyramid=result.pyramid, preview=record.preview, precision=precision))
     early = list(result.pyramid.early_stops) if result.pyramid is not None else (
         [{"step": result.early_stop[0], "reason": result.early_stop[1]}] if result.early_stop else [])
     report = build_report(spec, prepared.loaded, record.rows, stopped=False, device=str(resident.device),
@@ -170,6 +174,7 @@ class _Recorder:
     exif: bytes | None = None
     t0: float = 0.0
     preview: str | None = None  # where the preview was written
+    precision: str | None = None  # the precision the run is in, for its checkpoints
 
     def resume_from(self, checkpoint: Checkpoint) -> None:
         self.rows, self.snapshots = list(checkpoint.rows), list(checkpoint.snapshots)
@@ -202,12 +207,13 @@ class _Recorder:
     def checkpoint(self, state: EngineState) -> None:
         if self.callbacks.on_checkpoint is not None:
             self.callbacks.on_checkpoint(Checkpoint(self.spec_identity, state, list(self.rows), list(self.snapshots),
-                                                    preview=self.preview))
+                                                    preview=self.preview, precision=self.precision))
 
     def pyramid_checkpoint(self, where: PyramidState) -> None:
         if self.callbacks.on_checkpoint is not None:
             self.callbacks.on_checkpoint(Checkpoint(self.spec_identity, _tile_state(where), list(self.rows),
-                                                    list(self.snapshots), pyramid=where, preview=self.preview))
+                                                    list(self.snapshots), pyramid=where, preview=self.preview,
+                                                    precision=self.precision))
 
     def give_preview(self, image: torch.Tensor, steps: int, *, coarse_scale: bool) -> None:
         """Hand the preview out once (``on_preview``); a resumed job that wrote one already does not again."""
