@@ -12,7 +12,7 @@ import torchvision
 from stylefold.engine import color
 from stylefold.engine.features import WeightsError, build_extractor
 from stylefold.engine.layers import LAYER_NAMES
-from stylefold.engine.losses import gram_matrix, tv_loss
+from stylefold.engine.losses import gram_matrix, relu_and_gram, tv_loss
 from stylefold.engine.runtime import cpu_bf16, resolve_precision
 from stylefold.engine.stylize import EngineError, StyleTargetCache, stylize
 from tests.conftest import book_params
@@ -332,3 +332,43 @@ def test_gram_backward_matches_autograd_of_the_direct_formula():
     flat = f.reshape(6, 20)
     ((flat @ flat.t() / (6 * 20)) * weights).sum().backward()
     torch.testing.assert_close(ours, f.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("both", [True, False])
+def test_relu_and_gram_backward_matches_autograd_of_relu_and_gram(layout: torch.memory_format, both: bool) -> None:
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(1, 6, 5, 4, generator=g).contiguous(memory_format=layout)
+    up = torch.randn(1, 6, 5, 4, generator=g).contiguous(memory_format=layout)
+    weights = torch.randn(6, 6, generator=g)  # an asymmetric upstream gradient of the Gram
+
+    def grad_of(fused: bool) -> torch.Tensor:
+        x = x0.clone().requires_grad_(True)
+        y, gram = relu_and_gram(x) if fused else (F.relu(x), gram_matrix(x))
+        loss = (gram * weights).sum() + ((y * up).sum() if both else 0)
+        loss.backward()
+        assert x.grad is not None
+        return x.grad
+
+    torch.testing.assert_close(grad_of(True), grad_of(False), rtol=1e-5, atol=1e-6)
+    x = x0.clone()
+    y, gram = relu_and_gram(x)
+    assert torch.equal(y, F.relu(x0)) and torch.allclose(gram, gram_matrix(x0))
+
+
+def test_fused_grams_give_the_same_loss_and_gradient_as_plain_taps(extractor):
+    content, style = _images()
+    layers = [n for n, _ in BOOK_STYLE] + ["conv2_2"]
+    x = content.contiguous(memory_format=torch.channels_last)
+    results = []
+    for fused in (frozenset(n for n, _ in BOOK_STYLE), frozenset()):
+        image = x.clone().requires_grad_(True)
+        taps, grams = extractor.with_grams(image, layers, "avg", fused)
+        # conv3_1 is the deepest tap: no ReLU follows it, so its Gram is left to the caller.
+        assert sorted(grams) == (["conv1_1", "conv1_2", "conv2_1", "conv2_2"] if fused else [])
+        loss = sum((grams[n] if n in grams else gram_matrix(taps[n])).square().sum() for n, _ in BOOK_STYLE)
+        loss = loss + taps["conv2_2"].square().mean()
+        loss.backward()
+        results.append((loss.detach(), image.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-9)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import LAYER_NAMES, TAPPABLE_LAYERS
+from .losses import relu_and_gram
 
 __all__ = [
     "LAYER_NAMES",
@@ -84,23 +85,35 @@ class FeatureExtractor(nn.Module):
     def forward(
         self, image: torch.Tensor, layers: Iterable[str], pooling: Pooling = "avg"
     ) -> dict[str, torch.Tensor]:
-        wanted = frozenset(layers)
-        unknown = wanted - set(TAPPABLE_LAYERS)
+        return self.with_grams(image, layers, pooling)[0]
+
+    def with_grams(
+        self, image: torch.Tensor, layers: Iterable[str], pooling: Pooling = "avg", grams: Iterable[str] = ()
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``forward``, and the Gram matrix (``gram_matrix``) of each fp32 conv tap in
+        ``grams`` that a ReLU follows, made together with that ReLU (``relu_and_gram``:
+        one backward for both). The other taps of ``grams`` are left to the caller."""
+        wanted, fused = frozenset(layers), frozenset(grams)
+        unknown = (wanted | fused) - set(TAPPABLE_LAYERS)
         if unknown:
             raise ValueError(f"unknown VGG19 layers: {sorted(unknown)}")
         if not wanted:
-            return {}
+            return {}, {}
         deepest = max(_INDEX[name] for name in wanted)
         out: dict[str, torch.Tensor] = {}
+        gram_of: dict[str, torch.Tensor] = {}
         x = image
         for name in LAYER_NAMES[: deepest + 1]:
             if name.startswith("conv"):
                 x = self.convs[name](x)
             elif name.startswith("relu"):
-                # In place only when the conv output feeding it is not a tap: an
-                # in-place ReLU would overwrite the tapped pre-activation.
                 conv_name = "conv" + name[4:]
-                x = F.relu(x, inplace=conv_name not in wanted)
+                if conv_name in fused and x.dtype == torch.float32:
+                    x, gram_of[conv_name] = relu_and_gram(x)
+                else:
+                    # In place only when the conv output feeding it is not a tap: an
+                    # in-place ReLU would overwrite the tapped pre-activation.
+                    x = F.relu(x, inplace=conv_name not in wanted)
             elif pooling == "avg":
                 # The chapter's nn.AvgPool2d(kernel_size=2, stride=2, padding=0).
                 x = F.avg_pool2d(x, kernel_size=2, stride=2)
@@ -108,7 +121,7 @@ class FeatureExtractor(nn.Module):
                 x = F.max_pool2d(x, kernel_size=2, stride=2)
             if name in wanted:
                 out[name] = x
-        return out
+        return out, gram_of
 
 
 def build_extractor(weights: str | Path, device: torch.device | str = "cpu", *, seed: int = 0) -> FeatureExtractor:

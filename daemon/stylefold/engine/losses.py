@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["content_loss", "gram_matrix", "style_loss", "tv_loss"]
+__all__ = ["content_loss", "gram_loss", "gram_matrix", "relu_and_gram", "style_loss", "tv_loss"]
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -50,6 +50,43 @@ class _Gram(torch.autograd.Function):
         return (sym @ flat).div_(ctx.norm), None
 
 
+def relu_and_gram(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(F.relu(features), gram_matrix(features))`` of an fp32 conv output, with one
+    backward for both: the ReLU's gradient first, then the Gram's added into it by the
+    same matmul (``addmm_``). Autograd would write the Gram's gradient, a tensor the
+    size of the activation, and then add the two: at the first convolutions of a large
+    image those are the step's largest memory passes."""
+    b, c, h, w = features.shape
+    pair: tuple[torch.Tensor, torch.Tensor] = _ReluGram.apply(features, float(b * c * h * w))
+    return pair
+
+
+class _ReluGram(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(features)
+        ctx.norm = norm
+        b, c, h, w = features.shape
+        flat = features.reshape(b * c, h * w)
+        return F.relu(features), (flat @ flat.t()).div_(norm)
+
+    @staticmethod
+    def backward(ctx: Any, grad_relu: torch.Tensor | None, grad_gram: torch.Tensor | None) -> tuple[Any, None]:
+        (features,) = ctx.saved_tensors
+        b, c, h, w = features.shape
+        grad = (torch.ops.aten.threshold_backward(grad_relu, features, 0.0) if grad_relu is not None
+                else torch.zeros_like(features))
+        if grad_gram is not None:
+            sym = (grad_gram + grad_gram.t()).div_(ctx.norm)
+            flat = features.reshape(b * c, h * w)
+            if b == 1 and flat.stride(0) == 1 and grad.is_contiguous(memory_format=torch.channels_last):
+                # Channels last: both are (H*W, C) matrices in memory; accumulate in place.
+                grad.permute(0, 2, 3, 1).reshape(h * w, b * c).addmm_(flat.t(), sym)
+            else:
+                grad = grad + (sym @ flat).reshape(features.shape)
+        return grad, None
+
+
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error between activations (the chapter's ``mse_loss(ip, target)``)."""
     return F.mse_loss(features.float(), target)
@@ -57,7 +94,12 @@ def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
     """Mean squared error between Gram matrices."""
-    return F.mse_loss(gram_matrix(features), target_gram)
+    return gram_loss(gram_matrix(features), target_gram)
+
+
+def gram_loss(gram: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    """``style_loss`` of a Gram matrix already made (``relu_and_gram``)."""
+    return F.mse_loss(gram, target_gram)
 
 
 def tv_loss(image: torch.Tensor) -> torch.Tensor:

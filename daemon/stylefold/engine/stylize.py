@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .early_stop import EarlyStop, converged, push_total
 from .features import FeatureExtractor
-from .losses import content_loss, gram_matrix, style_loss, tv_loss
+from .losses import content_loss, gram_loss, gram_matrix, style_loss, tv_loss
 from .steps import StepInfo
 from .targets import StyleTargetCache, tensor_digest
 
@@ -240,7 +240,7 @@ class _Objective:
     """The chapter's weighted loss of an image, from one forward pass through every
     tapped layer; the targets were computed once, before the first step."""
 
-    features: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    taps: Callable[[torch.Tensor], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]  # features, Grams
     content_targets: dict[str, torch.Tensor]
     style_targets: dict[str, torch.Tensor]
     params: StyleParams
@@ -248,10 +248,11 @@ class _Objective:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         p = self.params
-        feats = self.features(image)
+        feats, grams = self.taps(image)
         zero = image.new_zeros(())
         # Sum the per-layer losses, then weight, in the chapter's order of operations.
-        s = sum((w * style_loss(feats[n], self.style_targets[n]) for n, w in dict(p.style_layers).items()), zero)
+        s = sum((w * (gram_loss(grams[n], self.style_targets[n]) if n in grams else
+                      style_loss(feats[n], self.style_targets[n])) for n, w in dict(p.style_layers).items()), zero)
         c = sum((w * content_loss(feats[n], self.content_targets[n]) for n, w in dict(p.content_layers).items()),
                 zero)
         t = tv_loss(image) if p.tv_weight else zero
@@ -270,16 +271,20 @@ def _objective(extractor: FeatureExtractor, content: torch.Tensor, styles: Seque
     content_weights = dict(params.content_layers)
     layers = frozenset(dict(params.style_layers)) | frozenset(content_weights)
 
-    def features(image: torch.Tensor) -> dict[str, torch.Tensor]:
+    style_convs = frozenset(n for n in dict(params.style_layers) if n.startswith("conv"))
+
+    def taps(image: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         with _autocast(device, params.precision):
             x = _normalize(image, params.normalize).contiguous(memory_format=memory_format)
-            taps: dict[str, torch.Tensor] = extractor(x, layers, params.pooling)
-            return taps
+            return extractor.with_grams(x, layers, params.pooling, style_convs)
+
+    def features(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return taps(image)[0]
 
     with torch.no_grad():
         content_targets = {name: act.float() for name, act in features(content).items() if name in content_weights}
         style_targets = _blended_style_targets(extractor, styles, params, device, style_cache, features)
-    return _Objective(features, content_targets, style_targets, params)
+    return _Objective(taps, content_targets, style_targets, params)
 
 
 def _step(image: torch.Tensor, optimizer: torch.optim.Optimizer, objective: _Objective, params: StyleParams,
