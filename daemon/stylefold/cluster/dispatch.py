@@ -35,17 +35,20 @@ STATE_FILE = "cluster.json"
 
 @dataclass
 class Delivery:
-    """Kept in the claim folder: the current delivery and the deaths so far."""
+    """Kept in the claim folder: the current delivery, the deaths so far and the preview."""
 
     delivery: str | None = None
     deaths: int = 0
     workers: list[str] = field(default_factory=list)  # those that died on it, for the error sentence
+    preview: str | None = None  # where this box wrote the job's preview, once it came
 
     @classmethod
     def load(cls, folder: Path) -> Delivery:
         try:
             data = json.loads((folder / STATE_FILE).read_bytes())
-            return cls(data.get("delivery"), int(data.get("deaths", 0)), list(data.get("workers", [])))
+            preview = data.get("preview")
+            return cls(data.get("delivery"), int(data.get("deaths", 0)), list(data.get("workers", [])),
+                       preview if isinstance(preview, str) else None)
         except (OSError, ValueError, TypeError):
             return cls()
 

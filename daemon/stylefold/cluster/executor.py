@@ -26,10 +26,12 @@ from pydantic import ValidationError
 from ..engine.steps import StepInfo
 from ..failures import FailureKind, JobFailure, classify, one_line
 from ..job.checkpoint import Checkpoint
+from ..job.preview import PreviewImage
 from ..job.run import Done, Failed, JobCallbacks, Outcome, Resident, Stopped, run_job
 from ..job.spec import Caps, JobSpec
 from ..names import printable
 from .lease import Heartbeat, Running
+from .preview import encode_preview
 from .protocol import JOB_TTL_S, Keys, RenderMessage, text
 from .protocol import Outcome as Ending
 from .store import ContentCache, TransferTooLarge, get_capped
@@ -155,8 +157,20 @@ class Executor:
             except Exception as exc:  # the job goes on; a death now costs the steps since the last one
                 logger.warning("%s: checkpoint not sent (%s)", running.source, exc)
 
+        def on_preview(preview: PreviewImage) -> str | None:
+            try:
+                data = encode_preview(preview)
+                if len(data) > self.max_transfer:
+                    raise TransferTooLarge("the preview", len(data), self.max_transfer)
+                self.client.set(keys.preview, data, ex=JOB_TTL_S)
+                self._push(keys, {"event": "preview", "worker": self.name, "seconds": preview.seconds})
+            except (TransferTooLarge, redis.RedisError) as exc:  # a courtesy: it costs the preview, not the job
+                logger.warning("%s: preview not sent (%s)", running.source, exc)
+                return None
+            return "sent"  # the coordinator's report names the file it wrote
+
         callbacks = JobCallbacks(on_step=on_step, on_checkpoint=on_checkpoint, checkpoint_every=checkpoint_every,
-                                 should_stop=running.stop.is_set)
+                                 should_stop=running.stop.is_set, on_preview=on_preview)
         return run_job(spec, self.resident, callbacks, resume)
 
     # ------------------------------------------------------------ content

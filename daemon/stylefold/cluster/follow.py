@@ -1,4 +1,4 @@
-"""Following one job on the broker until it ends: progress and checkpoints in, worker
+"""Following one job on the broker until it ends: progress, checkpoints and the preview in, worker
 deaths counted, redeliveries sent, a stop asked for on the daemon's SIGTERM."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..job.spec import JobSpec
 from ..names import printable
 from .dispatch import Delivery, Dispatch
 from .protocol import Keys, Outcome, text
+from .store import TransferTooLarge, get_capped
 
 __all__ = ["Follow", "Stop"]
 
@@ -44,6 +45,7 @@ class Follow:
     should_stop: Callable[[], bool]
     on_step: Callable[[StepInfo, str], None]
     on_checkpoint: Callable[[bytes], None]
+    on_preview: Callable[[bytes, str, float], None]  # the PNG, the worker, its seconds
     keys: Keys = field(init=False)
     source: str = field(init=False)
     _seen_alive: float = 0.0
@@ -127,9 +129,20 @@ class Follow:
             data = self.dispatch.checkpoint(self.keys)
             if data is not None:
                 self.on_checkpoint(data)
+        elif kind == "preview":
+            self._preview(worker, event.get("seconds"))
         elif kind == "refused":
             logger.warning("worker %s refused %s: its weights %s are not this daemon's", printable(worker),
                            self.source, printable(str(event.get("weights"))))
+
+    def _preview(self, worker: str, seconds: Any) -> None:
+        try:
+            data = get_capped(self.client, self.keys.preview, self.dispatch.max_transfer, "the preview")
+        except TransferTooLarge as exc:  # a courtesy: the job goes on without it
+            logger.warning("%s: preview of worker %s refused (%s)", self.source, printable(worker), exc)
+            return
+        if data is not None:
+            self.on_preview(data, worker, float(seconds) if isinstance(seconds, int | float) else 0.0)
 
     def _outcome(self) -> Outcome | None:
         assert self.state.delivery is not None

@@ -16,6 +16,8 @@ under ``stylefold:``:
   coordinator copies into the claim folder and a redelivered job resumes from;
 - ``job:<id>:rendered`` (hash of file name to bytes) then ``job:<id>:outcome``: the end;
 - ``job:<id>:cancel``: the delivery the coordinator asks to stop (its SIGTERM);
+- ``job:<id>:preview``: the job's preview as a PNG (``cluster.preview``), announced by
+  a ``preview`` event;
 - ``worker:<name>``: a worker's heartbeat record, in the set ``workers``.
 
 Torch-free and celery-free: the coordinator's status and doctor read this.
@@ -94,10 +96,11 @@ class Keys:
         self.rendered = base + "rendered"
         self.outcome = base + "outcome"
         self.cancel = base + "cancel"
+        self.preview = base + "preview"
 
     def all(self) -> list[str]:
         return [self.delivery, self.lease, self.started, self.events, self.checkpoint, self.rendered,
-                self.outcome, self.cancel]
+                self.outcome, self.cancel, self.preview]
 
 
 def blob_key(sha256: str) -> str:

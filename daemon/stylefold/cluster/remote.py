@@ -4,8 +4,9 @@ Everything around the render is the local worker's own code: attempts counted in
 journal before work, poison after ``MAX_ATTEMPTS`` daemon deaths, the duplicate check,
 the render kept in the claim before it is published, publishing, the moves to done/ and
 failed/, and waits. Only the optimisation is replaced: the job goes to the queue, its
-progress comes back into the journal, its checkpoints into the claim folder, and its
-end as a ``Rendered`` loaded from the files the worker sent.
+progress comes back into the journal, its checkpoints into the claim folder, its
+preview into ``outbox/previews/`` (``cluster.preview``), and its end as a ``Rendered``
+loaded from the files the worker sent.
 
 A worker that stops renewing its lease for ``lease_s`` is dead: its job is sent again
 (from the last checkpoint) to whichever worker takes it; after ``MAX_ATTEMPTS`` worker
@@ -33,8 +34,11 @@ from ..hotfolder.worker import Wait, Worker
 from ..job.checkpoint import Checkpoint, Rendered
 from ..job.run import Done, Failed
 from ..job.spec import JobSpec
+from ..media import outputs
+from ..names import printable
 from .dispatch import Delivery, Dispatch
 from .follow import Follow, Stop
+from .preview import publish_remote_preview
 
 __all__ = ["RemoteRunner"]
 
@@ -66,10 +70,11 @@ class RemoteRunner(Worker):
         assert self.dispatch is not None
         from ..hotfolder.live import LiveFeed  # the status page's loss curve and current image
 
-        live = LiveFeed(self.hot, claim.job_id)
-        follow = Follow(self.dispatch, claim, spec, Delivery.load(claim.folder), should_stop,
+        live, state = LiveFeed(self.hot, claim.job_id), Delivery.load(claim.folder)
+        follow = Follow(self.dispatch, claim, spec, state, should_stop,
                         on_step=lambda info, worker: self._on_remote_step(claim, info, worker, live),
-                        on_checkpoint=lambda data: self._on_remote_checkpoint(claim, data, live))
+                        on_checkpoint=lambda data: self._on_remote_checkpoint(claim, data, live),
+                        on_preview=lambda data, worker, s: self._on_remote_preview(claim, spec, state, data, worker, s))
         try:
             end = follow.run()
         except JobFailure as exc:  # too large to travel
@@ -84,6 +89,7 @@ class RemoteRunner(Worker):
         if rendered is None:
             return Failed(FailureKind.INTERNAL, "the worker's render arrived damaged")
         _local_paths(rendered, spec)
+        rendered.report["preview"] = state.preview  # this box's file (or none came), not the worker's word
         return Done(rendered)
 
     def _on_remote_step(self, claim: Claim, info: StepInfo, worker: str, live: Any) -> None:
@@ -94,6 +100,24 @@ class RemoteRunner(Worker):
             "worker": worker})
         if self.events.on_step:
             self.events.on_step(claim, info)
+
+    def _on_remote_preview(self, claim: Claim, spec: JobSpec, state: Delivery, data: bytes, worker: str,
+                           seconds: float) -> None:
+        """Publish the worker's preview as the local path does, once per job."""
+        if state.preview is not None:  # a redelivery that rendered it again
+            return
+        base = outputs.base_name(spec.input.name, [s.name for s in spec.styles])
+        try:
+            path = publish_remote_preview(data, self.hot.outbox, self.hot.logs, base)
+        except ValueError as exc:
+            logger.warning("%s: the preview worker %s sent is ignored: %s", claim.meta.source, printable(worker), exc)
+            return
+        except OSError as exc:  # a full disk costs the preview, not the job
+            logger.warning("%s: preview not written (%s)", claim.meta.source, exc)
+            return
+        state.preview = str(path)
+        state.save(claim.folder)
+        logger.info("preview of %s: %s (%.1f s, worker %s)", claim.meta.source, path, seconds, printable(worker))
 
     def _on_remote_checkpoint(self, claim: Claim, data: bytes, live: Any) -> None:
         try:
