@@ -270,16 +270,16 @@ def _objective(extractor: FeatureExtractor, content: torch.Tensor, styles: Seque
     memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
     content_weights = dict(params.content_layers)
     layers = frozenset(dict(params.style_layers)) | frozenset(content_weights)
-
     style_convs = frozenset(n for n in dict(params.style_layers) if n.startswith("conv"))
 
-    def taps(image: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def taps(image: torch.Tensor, grams: frozenset[str] = style_convs) -> tuple[dict[str, torch.Tensor],
+                                                                              dict[str, torch.Tensor]]:
         with _autocast(device, params.precision):
             x = _normalize(image, params.normalize).contiguous(memory_format=memory_format)
-            return extractor.with_grams(x, layers, params.pooling, style_convs)
+            return extractor.with_grams(x, layers, params.pooling, grams)
 
-    def features(image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return taps(image)[0]
+    def features(image: torch.Tensor) -> dict[str, torch.Tensor]:  # the targets': no Grams made to be dropped
+        return taps(image, frozenset())[0]
 
     with torch.no_grad():
         content_targets = {name: act.float() for name, act in features(content).items() if name in content_weights}
