@@ -5,9 +5,10 @@ weights, each case in a fresh process (allocator state and warm caches stay sepa
 
 Cases: the chapter's loop as written; the chapter's loop with stylefold's allocator
 tuning (to show how much of the gain is the allocator and how much the algorithm);
-stylefold fp32; stylefold bf16. Per-step time is the median over the steps after the
-first (the first pays one-off page faults and kernel selection). Not a pytest test:
-speed is reported, never asserted.
+stylefold fp32; stylefold fp32 with every conv direct (no Winograd, to show its share);
+stylefold bf16. ``--cases`` runs some of them (bf16 is slow where it is emulated).
+Per-step time is the median over the steps after the first (the first pays one-off
+page faults and kernel selection). Not a pytest test: speed is reported, never asserted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-CASES = ("chapter", "chapter+allocator", "stylefold-fp32", "stylefold-bf16")
+CASES = ("chapter", "chapter+allocator", "stylefold-fp32", "stylefold-fp32-direct", "stylefold-bf16")
 
 
 def _median_step(elapsed: list[float]) -> float:
@@ -47,6 +48,7 @@ def run_case(case: str, content: Path, style: Path, weights: Path, size: int, st
 
     tune_cpu_allocator()  # as `stylefold run` / `serve` do on the CPU
     extractor = build_extractor(weights)
+    extractor.winograd = not case.endswith("direct")
     params = book_params(steps=steps, init="content", precision="bf16" if case.endswith("bf16") else "fp32")
     result = stylize(extractor, image_to_tensor(content, size), [(image_to_tensor(style, size), 1.0)], params)
     assert torch.isfinite(result.image).all()
@@ -57,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     ap.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     ap.add_argument("--files", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -79,7 +82,8 @@ def main() -> None:
         torch.save({f"features.{k}": v for k, v in features.items()}, folder / "vgg19.pth")
         files = [str(folder / n) for n in ("content.jpg", "style.jpg", "vgg19.pth")]
         results = {}
-        for case in CASES:
+        cases = ["chapter", *[c for c in args.cases if c != "chapter"]]  # the yardstick always runs
+        for case in cases:
             out = subprocess.run(
                 [sys.executable, "-m", "tests.benchmarks.bench_vs_chapter", "--case", case, "--files", *files,
                  "--size", str(args.size), "--steps", str(args.steps)],
@@ -88,7 +92,7 @@ def main() -> None:
             results[case] = json.loads(out.stdout.strip().splitlines()[-1])["s_per_step"]
             print(f"{case:<20} {results[case]:8.4f} s/step", flush=True)
     base = results["chapter"]
-    for case in CASES[1:]:
+    for case in cases[1:]:
         print(f"speed-up {case:<20} {base / results[case]:5.2f}x vs the chapter's loop")
 
 

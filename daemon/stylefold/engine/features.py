@@ -26,6 +26,7 @@ from torch import nn
 
 from .layers import LAYER_NAMES, TAPPABLE_LAYERS
 from .losses import relu_and_gram
+from .winograd import Winograd3x3
 
 __all__ = [
     "LAYER_NAMES",
@@ -70,8 +71,10 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         if len(features) != len(LAYER_NAMES):
             raise WeightsError(f"expected VGG19 features with {len(LAYER_NAMES)} modules, got {len(features)}")
+        # Each conv runs as Winograd F(4x4, 3x3) where that pays (the CPU, fp32, the
+        # wide layers): same weights, a quarter of the multiplications (winograd.py).
         self.convs = nn.ModuleDict(
-            {name: features[i] for name, i in _INDEX.items() if name.startswith("conv")}
+            {name: Winograd3x3(_conv(features[i])) for name, i in _INDEX.items() if name.startswith("conv")}
         )
         for p in self.parameters():
             p.requires_grad_(False)
@@ -81,6 +84,19 @@ class FeatureExtractor(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def winograd(self) -> bool:
+        """Whether the wide convs may run as Winograd (on by default; off for A/B runs)."""
+        return all(conv.enabled for conv in self._winograd_convs())
+
+    @winograd.setter
+    def winograd(self, on: bool) -> None:
+        for conv in self._winograd_convs():
+            conv.enabled = on
+
+    def _winograd_convs(self) -> list[Winograd3x3]:
+        return [conv for conv in self.convs.values() if isinstance(conv, Winograd3x3)]
 
     def forward(
         self, image: torch.Tensor, layers: Iterable[str], pooling: Pooling = "avg"
@@ -122,6 +138,12 @@ class FeatureExtractor(nn.Module):
             if name in wanted:
                 out[name] = x
         return out, gram_of
+
+
+def _conv(module: nn.Module) -> nn.Conv2d:
+    if not isinstance(module, nn.Conv2d):
+        raise WeightsError(f"expected a Conv2d in VGG19's features, got {type(module).__name__}")
+    return module
 
 
 def build_extractor(weights: str | Path, device: torch.device | str = "cpu", *, seed: int = 0) -> FeatureExtractor:

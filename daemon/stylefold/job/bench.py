@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..engine.features import FeatureExtractor, build_extractor
 from ..engine.runtime import cpu_bf16, resolve_device, resolve_precision, tune_cpu_allocator
 from ..engine.stylize import StyleParams, stylize
+from ..engine.winograd import MIN_CHANNELS
 from ..presets import PresetLibrary
 from .run import engine_params
 
@@ -146,12 +147,21 @@ def _print(rows: list[BenchRow], device: torch.device, peaks: dict[str, float], 
     if as_json:
         print(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
                           "precision_auto": auto, "precision_auto_why": why,
-                          "matmul_peak_gflops": peaks, "rows": [asdict(r) for r in rows]}, indent=2))
+                          "matmul_peak_gflops": peaks, "convolutions": _convolutions(device),
+                          "rows": [asdict(r) for r in rows]}, indent=2))
         return
     peak_text = ", ".join(f"{p} {g:.0f}" for p, g in peaks.items())
     print(f"device {device}, {torch.get_num_threads()} threads; matmul peak GFLOP/s: {peak_text}")
     print(f"precision auto: {auto} ({why})")
+    print(f"convolutions: {_convolutions(device)}")
     print(f"{'preset':<8} {'size':>9} {'prec':<5} {'s/step':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} {'of peak':>8}")
     for r in rows:
         print(f"{r.preset:<8} {f'{r.height}x{r.width}':>9} {r.precision:<5} {r.s_per_step:>8.4f} "
               f"{r.gflop_per_step:>10.1f} {r.gflops:>8.0f} {100 * r.fraction_of_peak:>7.0f}%")
+
+
+def _convolutions(device: torch.device) -> str:
+    if device.type != "cpu":
+        return "the device library's own (it picks Winograd or direct itself)"
+    return (f"Winograd F(4x4, 3x3) in fp32 where {MIN_CHANNELS}+ channels go in or out, oneDNN direct "
+            "elsewhere and in bf16; GFLOP/step counts the multiplications done")

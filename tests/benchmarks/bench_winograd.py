@@ -1,0 +1,91 @@
+"""Winograd F(4x4, 3x3) against oneDNN's direct convolution on this CPU, in fp32.
+
+    python -m tests.benchmarks.bench_winograd [--presets book,gatys] [--size 512] [--rounds 3]
+
+Two parts, both in one process with the arms interleaved (a shared machine's speed drifts
+by more than the difference measured): each VGG19 conv shape at that size, forward plus
+input gradient; then seconds per step of each preset with ``extractor.winograd`` on and
+off (``stylefold.job.bench.time_steps``, the median of ``--steps`` steps). Each figure is
+the median over ``--rounds``. Not a pytest test: speed is reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from stylefold.engine.features import build_extractor
+from stylefold.engine.runtime import tune_cpu_allocator
+from stylefold.engine.winograd import Winograd3x3
+from stylefold.job.bench import time_steps
+from stylefold.job.run import engine_params
+from stylefold.presets import PresetLibrary
+
+# (name, in, out, stride of the input to the photo): VGG19's distinct conv shapes.
+SHAPES = [("conv1_2", 64, 64, 1), ("conv2_1", 64, 128, 2), ("conv2_2", 128, 128, 2), ("conv3_1", 128, 256, 4),
+          ("conv3_2", 256, 256, 4), ("conv4_1", 256, 512, 8), ("conv4_2", 512, 512, 8), ("conv5_1", 512, 512, 16)]
+
+
+def _fwd_bwd_seconds(conv: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
+    x = x.detach().requires_grad_()
+    start = time.perf_counter()
+    conv(x).backward(grad)
+    return time.perf_counter() - start
+
+
+def bench_layers(size: int, rounds: int) -> None:
+    print(f"layer    shape              direct s  winograd s  speed-up   (forward + input gradient, {size} px)")
+    for name, c, k, stride in SHAPES:
+        h, w = size // stride, size * 4 // 3 // stride
+        conv = nn.Conv2d(c, k, 3, padding=1).requires_grad_(False)
+        wino = Winograd3x3(conv, min_channels=0)  # timed even where it does not pay
+        x = torch.randn(1, c, h, w).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn(1, k, h, w).contiguous(memory_format=torch.channels_last)
+        times: dict[str, list[float]] = {"direct": [], "winograd": []}
+        for _ in range(rounds + 1):  # the first round warms both up
+            times["direct"].append(_fwd_bwd_seconds(conv, x, grad))
+            times["winograd"].append(_fwd_bwd_seconds(wino, x, grad))
+        d, wg = (statistics.median(v[1:]) for v in times.values())
+        print(f"{name:<8} {c:>3}->{k:<3} {h:>4}x{w:<5} {d:>10.3f} {wg:>11.3f} {d / wg:>8.2f}x")
+
+
+def bench_presets(presets: list[str], size: int, steps: int, rounds: int) -> None:
+    extractor = build_extractor("random")
+    library = PresetLibrary.default()
+    gen = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, size, size * 4 // 3, generator=gen)
+    style = torch.rand(1, 3, size, size, generator=gen)
+    print(f"preset   direct s/step  winograd s/step  speed-up   ({size}x{size * 4 // 3}, fp32, {rounds} rounds)")
+    for name in presets:
+        params = dataclasses.replace(engine_params(library.load(name), "fp32"), steps=steps)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(rounds):
+            for on in (False, True):
+                extractor.winograd = on
+                times[on].append(time_steps(extractor, params, content, style, steps))
+        d, wg = statistics.median(times[False]), statistics.median(times[True])
+        print(f"{name:<8} {d:>13.3f} {wg:>16.3f} {d / wg:>9.2f}x   all: direct {times[False]}, winograd {times[True]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default="book,gatys")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-layers", action="store_true", help="skip the per-layer part")
+    args = ap.parse_args()
+    tune_cpu_allocator()
+    torch.manual_seed(0)
+    if not args.no_layers:
+        bench_layers(args.size, args.rounds)
+    bench_presets([p for p in args.presets.split(",") if p], args.size, args.steps, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
