@@ -14,6 +14,9 @@ import pytest
 from PIL import Image
 
 from stylefold.cluster.preview import decode_preview, encode_preview, publish_remote_preview
+from stylefold.cluster.remote import keep_local_preview
+from stylefold.engine.stylize import EngineState
+from stylefold.job.checkpoint import Checkpoint
 from stylefold.job.preview import PreviewImage
 
 from .test_cluster_rig import Cluster, needs_redis
@@ -80,6 +83,22 @@ def test_a_jpeg_is_no_preview_from_a_worker(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(buf, format="JPEG")
     with pytest.raises(ValueError):
         decode_preview(buf.getvalue())
+
+
+@pytest.mark.parametrize("here", ["/srv/hot/outbox/previews/a-brushstrokes.jpg", None])
+def test_a_workers_checkpoint_is_kept_with_this_boxs_preview_not_its_word(tmp_path: Path, here: str | None) -> None:
+    import torch
+
+    path = tmp_path / "checkpoint.pt"
+    rows = [{"step": 1.0, "total_loss": 2.0}]
+    Checkpoint("id", EngineState(3, torch.rand(1, 3, 8, 8), {}), rows, [], preview="sent").save(path)
+    kept = keep_local_preview(path, here)
+    again = Checkpoint.load(path)
+    assert kept.preview == again.preview == here  # what a lane here resuming the job reads
+    assert again.step == 3 and again.rows == rows
+    before = path.stat().st_mtime_ns
+    keep_local_preview(path, here)
+    assert path.stat().st_mtime_ns == before  # already this box's: not written again
 
 
 @needs_redis

@@ -40,7 +40,7 @@ from .dispatch import Delivery, Dispatch
 from .follow import Follow, Stop
 from .preview import publish_remote_preview
 
-__all__ = ["RemoteRunner"]
+__all__ = ["RemoteRunner", "keep_local_preview"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class RemoteRunner(Worker):
         live, state = LiveFeed(self.hot, claim.job_id), Delivery.load(claim.folder)
         follow = Follow(self.dispatch, claim, spec, state, should_stop,
                         on_step=lambda info, worker: self._on_remote_step(claim, info, worker, live),
-                        on_checkpoint=lambda data: self._on_remote_checkpoint(claim, data, live),
+                        on_checkpoint=lambda data: self._on_remote_checkpoint(claim, data, live, state),
                         on_preview=lambda data, worker, s: self._on_remote_preview(claim, spec, state, data, worker, s))
         try:
             end = follow.run()
@@ -119,16 +119,21 @@ class RemoteRunner(Worker):
         state.save(claim.folder)
         logger.info("preview of %s: %s (%.1f s, worker %s)", claim.meta.source, path, seconds, printable(worker))
 
-    def _on_remote_checkpoint(self, claim: Claim, data: bytes, live: Any) -> None:
+    def _on_remote_checkpoint(self, claim: Claim, data: bytes, live: Any, state: Delivery) -> None:
         try:
             write_atomic(claim.checkpoint, data)
         except OSError as exc:  # the job goes on; the broker keeps its copy
             logger.warning("%s: checkpoint not saved (%s)", claim.meta.source, exc)
             return
         try:
-            live.image(Checkpoint.load(claim.checkpoint).state.image)
-        except Exception as exc:  # the page's picture only
+            checkpoint = keep_local_preview(claim.checkpoint, state.preview)
+        except OSError as exc:
+            logger.warning("%s: checkpoint not saved (%s)", claim.meta.source, exc)
+            return
+        except Exception as exc:  # damaged: a resume will say so and start over
             logger.debug("%s: checkpoint not shown (%s)", claim.meta.source, exc)
+            return
+        live.image(checkpoint.state.image)
 
     def _stopped_remote(self, claim: Claim, spec: JobSpec, step: int) -> JobResult:
         """Worker._stopped, for a checkpoint already in the claim (or none yet)."""
@@ -168,3 +173,14 @@ def _load_render(folder: Path, files: dict[str, bytes]) -> Rendered | None:
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
 
+
+def keep_local_preview(path: Path, preview: str | None) -> Checkpoint:
+    """The worker's checkpoint at ``path``, its ``preview`` made this box's: the file
+    written here, or none. A worker's says only that it sent one ("sent"); a lane here
+    that resumed the job from it would otherwise report that word as a path, or never
+    write the preview that did not arrive."""
+    checkpoint = Checkpoint.load(path)
+    if checkpoint.preview != preview:
+        checkpoint.preview = preview
+        checkpoint.save(path)
+    return checkpoint
