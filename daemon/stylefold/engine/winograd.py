@@ -35,6 +35,9 @@ _G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 /
                    [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
 _AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                     [0, 1, -1, 8, -8, 1]], dtype=torch.float64)
+# fp32 copies for the transforms (this path runs in fp32 only), made once.
+_BT32, _AT32 = _BT.float(), _AT.float()
+_A32 = _AT32.t().contiguous()
 # B^T's nonzero terms per row, for the pass along the width done by strided slices.
 _BT_TERMS = [[(j, float(v)) for j, v in enumerate(row) if v] for row in _BT.tolist()]
 
@@ -114,10 +117,6 @@ def _to_nchw(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return out
 
 
-def _matrices(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _BT.to(like.dtype), _AT.to(like.dtype), _AT.t().to(like.dtype)
-
-
 def _width_windows(src: torch.Tensor, j: int, tiles: int) -> torch.Tensor:
     """Column ``j`` of each of ``tiles`` windows (stride M) along dim 3 of ``src``."""
     return src.narrow(3, j, (tiles - 1) * M + 1)[:, :, :, ::M]
@@ -127,7 +126,7 @@ def _forward(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """NHWC (n, h, w, c) -> (n, h, w, k), padding 1."""
     n, h, w, c = x.shape
     th, tw, k = -(-h // M), -(-w // M), u.shape[-1]
-    bt, at, _ = _matrices(x)
+    bt, at = _BT32, _AT32
     # Pad to whole blocks of M plus one, so window i is block i and 2 rows of block i+1.
     xp = F.pad(x, (0, 0, 1, (tw + 1) * M - w - 1, 1, (th + 1) * M - h - 1))
     wp = xp.shape[2]
@@ -154,7 +153,7 @@ def _backward(grad: torch.Tensor, u: torch.Tensor, h: int, w: int) -> torch.Tens
     n, k, c = grad.shape[0], grad.shape[-1], u.shape[1]
     th, tw = -(-h // M), -(-w // M)
     wp = (tw + 1) * M
-    bt, _, a = _matrices(grad)
+    bt, a = _BT32, _A32
     gy = grad.new_zeros(n, th, M, tw, M, k)
     gy.view(n, th * M, tw * M, k)[:, :h, :w] = grad
     gy = gy.permute(2, 4, 0, 1, 3, 5).reshape(M, M, -1)  # (u, v, n * th * tw * k)
