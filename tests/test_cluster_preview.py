@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from stylefold.cluster.preview import decode_preview, encode_preview, publish_remote_preview
-from stylefold.cluster.remote import keep_local_preview
+from stylefold.cluster.remote import store_checkpoint
 from stylefold.engine.stylize import EngineState
 from stylefold.job.checkpoint import Checkpoint
 from stylefold.job.preview import PreviewImage
@@ -89,16 +89,22 @@ def test_a_jpeg_is_no_preview_from_a_worker(tmp_path: Path) -> None:
 def test_a_workers_checkpoint_is_kept_with_this_boxs_preview_not_its_word(tmp_path: Path, here: str | None) -> None:
     import torch
 
-    path = tmp_path / "checkpoint.pt"
+    sent, path = tmp_path / "sent.pt", tmp_path / "checkpoint.pt"
     rows = [{"step": 1.0, "total_loss": 2.0}]
-    Checkpoint("id", EngineState(3, torch.rand(1, 3, 8, 8), {}), rows, [], preview="sent").save(path)
-    kept = keep_local_preview(path, here)
+    Checkpoint("id", EngineState(3, torch.rand(1, 3, 8, 8), {}), rows, [], preview="sent").save(sent)
+    kept = store_checkpoint(path, sent.read_bytes(), here)
     again = Checkpoint.load(path)
-    assert kept.preview == again.preview == here  # what a lane here resuming the job reads
+    assert kept is not None and kept.preview == again.preview == here  # what a lane here resuming reads
     assert again.step == 3 and again.rows == rows
-    before = path.stat().st_mtime_ns
-    keep_local_preview(path, here)
-    assert path.stat().st_mtime_ns == before  # already this box's: not written again
+    data = path.read_bytes()
+    store_checkpoint(path, data, here)
+    assert path.read_bytes() == data  # already this box's: stored as it came, not encoded again
+
+
+def test_a_damaged_checkpoint_from_a_worker_is_stored_as_it_came(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    assert store_checkpoint(path, b"not a checkpoint", None) is None
+    assert path.read_bytes() == b"not a checkpoint"
 
 
 @needs_redis

@@ -40,7 +40,7 @@ from .dispatch import Delivery, Dispatch
 from .follow import Follow, Stop
 from .preview import publish_remote_preview
 
-__all__ = ["RemoteRunner", "keep_local_preview"]
+__all__ = ["RemoteRunner", "store_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,17 +121,12 @@ class RemoteRunner(Worker):
 
     def _on_remote_checkpoint(self, claim: Claim, data: bytes, live: Any, state: Delivery) -> None:
         try:
-            write_atomic(claim.checkpoint, data)
+            checkpoint = store_checkpoint(claim.checkpoint, data, state.preview)
         except OSError as exc:  # the job goes on; the broker keeps its copy
             logger.warning("%s: checkpoint not saved (%s)", claim.meta.source, exc)
             return
-        try:
-            checkpoint = keep_local_preview(claim.checkpoint, state.preview)
-        except OSError as exc:
-            logger.warning("%s: checkpoint not saved (%s)", claim.meta.source, exc)
-            return
-        except Exception as exc:  # damaged: a resume will say so and start over
-            logger.debug("%s: checkpoint not shown (%s)", claim.meta.source, exc)
+        if checkpoint is None:  # damaged: a resume will say so and start over
+            logger.debug("%s: checkpoint not shown (it does not load)", claim.meta.source)
             return
         live.image(checkpoint.state.image)
 
@@ -174,13 +169,20 @@ def _load_render(folder: Path, files: dict[str, bytes]) -> Rendered | None:
         shutil.rmtree(incoming, ignore_errors=True)
 
 
-def keep_local_preview(path: Path, preview: str | None) -> Checkpoint:
-    """The worker's checkpoint at ``path``, its ``preview`` made this box's: the file
-    written here, or none. A worker's says only that it sent one ("sent"); a lane here
-    that resumed the job from it would otherwise report that word as a path, or never
-    write the preview that did not arrive."""
-    checkpoint = Checkpoint.load(path)
-    if checkpoint.preview != preview:
+def store_checkpoint(path: Path, data: bytes, preview: str | None) -> Checkpoint | None:
+    """Store a worker's checkpoint at ``path``, written once, with its ``preview`` made
+    this box's: the file written here, or none. A worker's says only that it sent one
+    ("sent"); a lane here that resumed the job from it would otherwise report that word
+    as a path, or never write the preview that did not arrive. Bytes that do not load
+    are stored as they came (None)."""
+    try:
+        checkpoint = Checkpoint.from_bytes(data)
+    except Exception:  # torch raises many types for damaged bytes
+        write_atomic(path, data)
+        return None
+    if checkpoint.preview == preview:
+        write_atomic(path, data)
+    else:
         checkpoint.preview = preview
         checkpoint.save(path)
     return checkpoint

@@ -66,7 +66,15 @@ class Checkpoint:
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
         # weights_only: a checkpoint file is data; unpickling it can never run code.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return cls._from_payload(torch.load(path, map_location="cpu", weights_only=True))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Checkpoint:
+        """``load`` of a checkpoint's bytes (one a worker sent), with the same care."""
+        return cls._from_payload(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+
+    @classmethod
+    def _from_payload(cls, payload: Any) -> Checkpoint:
         state = EngineState(step=int(payload["step"]), image=payload["image"], optimizer_state=payload["optimizer"],
                             recent_totals=[float(x) for x in payload.get("recent_totals", [])],
                             best=best_from_payload(payload.get("best")))
