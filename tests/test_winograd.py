@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from stylefold.engine import winograd
 from stylefold.engine.features import build_extractor
 from stylefold.engine.winograd import MIN_CHANNELS, Winograd3x3
 
@@ -97,3 +98,21 @@ def test_the_extractor_uses_it_on_the_wide_layers_only_and_can_be_switched_off()
     for name in layers:
         scale = direct[name].abs().max().item()
         torch.testing.assert_close(fast[name], direct[name], rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize(("h", "w", "band_floats"), [(21, 14, 1), (16, 19, 2 * 36 * 5 * 64), (9, 8, 36 * 2 * 64)])
+def test_an_image_taken_in_several_bands_gives_the_same_result(
+    monkeypatch: pytest.MonkeyPatch, h: int, w: int, band_floats: int
+) -> None:
+    # Bands of one or two block rows, the last band short, the last row and column of
+    # blocks ragged: every seam of the banded transforms and of the backward's overlaps.
+    monkeypatch.setattr(winograd, "BAND_FLOATS", band_floats)
+    conv = _frozen_conv(64, 128)
+    torch.manual_seed(2)
+    x = torch.randn(1, 64, h, w).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(1, 128, h, w)
+    bands = -(-h // winograd.M) / winograd._band(1, -(-w // winograd.M), 128)
+    assert bands > 1
+    y_direct, g_direct, y_wino, g_wino = _both(conv, x, grad)
+    torch.testing.assert_close(y_wino, y_direct, rtol=0, atol=1e-4 * y_direct.abs().max().item())
+    torch.testing.assert_close(g_wino, g_direct, rtol=0, atol=1e-4 * g_direct.abs().max().item())

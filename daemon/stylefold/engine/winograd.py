@@ -5,11 +5,17 @@ with 36 multiplications per channel pair instead of 144 (Lavin & Gray 2015, "Fas
 Algorithms for Convolutional Neural Networks"): the window is transformed (``B^T d B``),
 multiplied elementwise by the transformed kernel (``G g G^T``, made once per layer) and
 transformed back (``A^T m A``). Summed over input channels, the elementwise products are
-36 matrix products, one batched GEMM. The transforms are passes over memory, so the
-method pays where channels are many: from 128 channels in or out (``conv2_1`` on), and
-not at ``conv1_2``'s 64 (``tests/benchmarks/bench_winograd.py`` measures each layer).
-PyTorch runs CPU convolutions with oneDNN's direct kernels, while cuDNN picks Winograd
-itself; so this path is taken only on the CPU, in fp32, outside autocast.
+36 matrix products, one batched GEMM. Each 2-D transform is one matrix product too, with
+the Kronecker product of the 1-D matrices, on the windows gathered into rows.
+
+The image goes through in bands of a few block rows (``BAND_FLOATS``): a band's windows,
+products and outputs stay in cache from one matrix product to the next, and the peak
+memory is a few band buffers rather than the 2.25x-sized transformed image. The
+transforms still cost passes over memory, so the method pays where channels are many:
+from 128 channels in or out (``conv2_1`` on), not at ``conv1_2``'s 64
+(``tests/benchmarks/bench_winograd.py`` measures each layer). PyTorch runs CPU
+convolutions with oneDNN's direct kernels, while cuDNN picks Winograd itself; so this
+path is taken only on the CPU, in fp32, outside autocast.
 
 The backward is the exact adjoint of the forward's arithmetic, reusing its transformed
 kernel (``U`` transposed per product), so the gradient is that of the function computed.
@@ -27,7 +33,7 @@ from torch import nn
 __all__ = ["MIN_CHANNELS", "Winograd3x3"]
 
 M, T = 4, 6  # output block and input window sides
-MIN_CHANNELS = 128  # measured, forward and input gradient: 1.1-1.3x at 128 channels, 0.8x at 64
+MIN_CHANNELS = 128  # measured, forward and input gradient: 1.1-1.4x at 128 channels, 0.8x at 64
 
 _BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                     [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
@@ -35,11 +41,16 @@ _G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 /
                    [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
 _AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                     [0, 1, -1, 8, -8, 1]], dtype=torch.float64)
-# fp32 copies for the transforms (this path runs in fp32 only), made once.
-_BT32, _AT32 = _BT.float(), _AT.float()
-_A32 = _AT32.t().contiguous()
-# B^T's nonzero terms per row, for the pass along the width done by strided slices.
-_BT_TERMS = [[(j, float(v)) for j, v in enumerate(row) if v] for row in _BT.tolist()]
+# The 2-D transforms as single matrices on a flattened window (Kronecker products, made
+# once in fp32: this path runs in fp32 only): B^T d B is KB @ vec(d), A^T m A is KA @ vec(m).
+_KB = torch.kron(_BT, _BT).float()  # (36, 36)
+_KA = torch.kron(_AT, _AT).float()  # (16, 36)
+_KB_T, _KA_T = _KB.t().contiguous(), _KA.t().contiguous()
+# Floats per band buffer: the image is transformed a few rows of 4x4 blocks at a time, so
+# that a band's windows, products and outputs stay in cache between the three matrix
+# products. About 6 MB: measured fastest at 512 px (bench_winograd); the whole image at
+# once was 2-4x slower.
+BAND_FLOATS = 1_500_000
 
 
 class Winograd3x3(nn.Module):
@@ -94,12 +105,12 @@ class _WinogradFn(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(u)
         ctx.size = x.shape[-2:]
-        return _to_nchw(_forward(_nhwc(x), u), bias)
+        return _forward(_nhwc(x), u, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (u,) = ctx.saved_tensors
-        return _to_nchw(_backward(_nhwc(grad), u, *ctx.size), None), None, None
+        return _backward(_nhwc(grad), u, *ctx.size), None, None
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -110,66 +121,111 @@ def _to_nchw(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """A channels-last NCHW tensor of the NHWC ``y``, plus ``bias``: one pass for both."""
     n, h, w, k = y.shape
     out = torch.empty(n, k, h, w, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
-    if bias is None:
-        out.permute(0, 2, 3, 1).copy_(y)
-    else:
-        torch.add(y, bias, out=out.permute(0, 2, 3, 1))
+    _put(out.permute(0, 2, 3, 1), y, bias)
     return out
 
 
-def _width_windows(src: torch.Tensor, j: int, tiles: int) -> torch.Tensor:
-    """Column ``j`` of each of ``tiles`` windows (stride M) along dim 3 of ``src``."""
-    return src.narrow(3, j, (tiles - 1) * M + 1)[:, :, :, ::M]
+def _put(dst: torch.Tensor, src: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if bias is None:
+        dst.copy_(src)
+    else:
+        torch.add(src, bias, out=dst)
 
 
-def _forward(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """NHWC (n, h, w, c) -> (n, h, w, k), padding 1."""
+def _band(n: int, tw: int, channels: int) -> int:
+    """Rows of 4x4 blocks per band: about ``BAND_FLOATS`` in each band buffer."""
+    return max(1, round(BAND_FLOATS / (T * T * n * tw * channels)))
+
+
+def _split(t: torch.Tensor, dim: int, blocks: int) -> torch.Tensor:
+    """View dim ``dim`` of ``t`` as (``blocks``, 4)."""
+    return t.view(*t.shape[:dim], blocks, M, *t.shape[dim + 1:])
+
+
+def _block_pieces(img: torch.Tensor, i0: int, nb: int) -> list[tuple[torch.Tensor, tuple[Any, ...]]]:
+    """The rows of NHWC ``img`` covered by block rows ``i0 .. i0 + nb``, as views paired
+    with the index of the same pixels in a (4, 4, n, nb, tw, k) block tensor: the whole
+    blocks, then the ragged right column, bottom row and corner where the image is not
+    whole blocks (the ragged blocks' other pixels are not in the image)."""
+    h, w = img.shape[1:3]
+    r0 = i0 * M
+    rows = min(nb * M, h - r0)
+    fr, rr, fc, rc = rows // M, rows % M, w // M, w % M
+    pieces: list[tuple[torch.Tensor, tuple[Any, ...]]] = []
+    if fr and fc:
+        full = _split(_split(img[:, r0:r0 + fr * M, :fc * M], 1, fr), 3, fc)
+        pieces.append((full.permute(2, 4, 0, 1, 3, 5), (slice(None), slice(None), slice(None), slice(fr), slice(fc))))
+    if fr and rc:
+        right = _split(img[:, r0:r0 + fr * M, fc * M:], 1, fr).permute(2, 3, 0, 1, 4)
+        pieces.append((right, (slice(None), slice(rc), slice(None), slice(fr), fc)))
+    if rr and fc:
+        bottom = _split(img[:, r0 + fr * M:r0 + rows, :fc * M], 2, fc).permute(1, 3, 0, 2, 4)
+        pieces.append((bottom, (slice(rr), slice(None), slice(None), fr, slice(fc))))
+    if rr and rc:
+        corner = img[:, r0 + fr * M:r0 + rows, fc * M:].permute(1, 2, 0, 3)
+        pieces.append((corner, (slice(rr), slice(rc), slice(None), fr, fc)))
+    return pieces
+
+
+def _forward(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """NHWC (n, h, w, c) -> channels-last NCHW (n, k, h, w), padding 1, plus ``bias``."""
     n, h, w, c = x.shape
     th, tw, k = -(-h // M), -(-w // M), u.shape[-1]
-    bt, at = _BT32, _AT32
-    # Pad to whole blocks of M plus one, so window i is block i and 2 rows of block i+1.
-    xp = F.pad(x, (0, 0, 1, (tw + 1) * M - w - 1, 1, (th + 1) * M - h - 1))
-    wp = xp.shape[2]
-    blocks = xp.view(n, th + 1, M, wp * c)
-    rows = torch.matmul(bt[:, :M], blocks[:, :th]).add_(torch.matmul(bt[:, M:], blocks[:, 1:, :2]))
-    rows_a = rows.view(n, th, T, wp, c).permute(2, 0, 1, 3, 4)  # (a, n, th, wp, c)
-    v = x.new_empty(T, T, n, th, tw, c)
-    for b, terms in enumerate(_BT_TERMS):
-        (j0, c0), *rest = terms
-        torch.mul(_width_windows(rows_a, j0, tw), c0, out=v[:, b])
-        for j, coef in rest:
-            v[:, b].add_(_width_windows(rows_a, j, tw), alpha=coef)
-    del xp, blocks, rows, rows_a  # each transient is dropped once used: they are the peak
-    prods = torch.bmm(v.view(T * T, n * th * tw, c), u)  # (ab, tiles, k)
-    del v
-    s = torch.matmul(at, prods.view(T, -1)).view(M, T, -1)  # (u, b, tiles * k)
-    del prods
-    y = torch.matmul(at, s).view(M, M, n, th, tw, k)  # (u, v, n, th, tw, k)
-    return y.permute(2, 3, 0, 4, 1, 5).reshape(n, th * M, tw * M, k)[:, :h, :w]
+    # Padded to whole blocks plus 2: window i is rows 4i .. 4i+5, block i and 2 of i+1.
+    xp = F.pad(x, (0, 0, 1, tw * M + 1 - w, 1, th * M + 1 - h))
+    out = torch.empty(n, k, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    y = out.permute(0, 2, 3, 1)
+    band = min(th, _band(n, tw, max(c, k)))
+    d, v = (x.new_empty(T * T * n * band * tw * c) for _ in range(2))
+    p, m = x.new_empty(T * T * n * band * tw * k), x.new_empty(M * M * n * band * tw * k)
+    for i0 in range(0, th, band):
+        nb = min(band, th - i0)
+        tiles = n * nb * tw
+        windows = xp[:, i0 * M:(i0 + nb - 1) * M + T].unfold(1, T, M).unfold(2, T, M)  # (n, nb, tw, c, T, T)
+        db = d[:T * T * tiles * c].view(T, T, n, nb, tw, c)
+        db.copy_(windows.permute(4, 5, 0, 1, 2, 3))
+        vb = torch.mm(_KB, db.view(T * T, -1), out=v[:T * T * tiles * c].view(T * T, -1))
+        pb = torch.bmm(vb.view(T * T, tiles, c), u, out=p[:T * T * tiles * k].view(T * T, tiles, k))
+        mb = torch.mm(_KA, pb.view(T * T, -1), out=m[:M * M * tiles * k].view(M * M, -1))
+        blocks = mb.view(M, M, n, nb, tw, k)
+        for view, index in _block_pieces(y, i0, nb):
+            _put(view, blocks[index], bias)
+    return out
 
 
 def _backward(grad: torch.Tensor, u: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """The adjoint of ``_forward``: NHWC (n, h, w, k) -> (n, h, w, c)."""
+    """The adjoint of ``_forward``: NHWC (n, h, w, k) -> channels-last NCHW (n, c, h, w)."""
     n, k, c = grad.shape[0], grad.shape[-1], u.shape[1]
     th, tw = -(-h // M), -(-w // M)
-    wp = (tw + 1) * M
-    bt, a = _BT32, _A32
-    gy = grad.new_zeros(n, th, M, tw, M, k)
-    gy.view(n, th * M, tw * M, k)[:, :h, :w] = grad
-    gy = gy.permute(2, 4, 0, 1, 3, 5).reshape(M, M, -1)  # (u, v, n * th * tw * k)
-    gs = torch.matmul(a, gy)  # (u, b, ...)
-    del gy
-    gprods = torch.matmul(a, gs.view(M, -1)).view(T * T, n * th * tw, k)  # (ab, tiles, k)
-    del gs
-    gv = torch.bmm(gprods, u.transpose(1, 2)).view(T, T, n, th, tw, c)
-    del gprods
-    grows = grad.new_zeros(n, th, T, wp * c)
-    grows_a = grows.view(n, th, T, wp, c).permute(2, 0, 1, 3, 4)
-    for b, terms in enumerate(_BT_TERMS):
-        for j, coef in terms:
-            _width_windows(grows_a, j, tw).add_(gv[:, b], alpha=coef)
-    del gv, grows_a
-    gblocks = grad.new_zeros(n, th + 1, M, wp * c)
-    gblocks[:, :th] = torch.matmul(bt[:, :M].t(), grows)
-    gblocks[:, 1:, :2] += torch.matmul(bt[:, M:].t(), grows)
-    return gblocks.view(n, (th + 1) * M, wp, c)[:, 1:h + 1, 1:w + 1]
+    # The padded input's gradient, one block larger than whole blocks so that the last
+    # windows' overlap fits; only that margin needs zeros (see the order below).
+    gxp = grad.new_empty(n, (th + 1) * M, (tw + 1) * M, c)
+    gxp[:, th * M:].zero_()
+    gxp[:, :th * M, tw * M:].zero_()
+    band = min(th, _band(n, tw, max(c, k)))
+    gm, gp = grad.new_empty(M * M * n * band * tw * k), grad.new_empty(T * T * n * band * tw * k)
+    gv, gd = (grad.new_empty(T * T * n * band * tw * c) for _ in range(2))
+    ut = u.transpose(1, 2)
+    # Bottom band first: each band copies its windows' whole 4x4 blocks in, which covers
+    # the rows that the band below already added its overlap to; then it adds its own
+    # overlaps (the windows' last 2 rows and columns) on top.
+    for i0 in reversed(range(0, th, band)):
+        nb = min(band, th - i0)
+        tiles = n * nb * tw
+        gb = gm[:M * M * tiles * k].view(M, M, n, nb, tw, k)
+        if w % M:
+            gb[:, w % M:, :, :, tw - 1].zero_()
+        if (i0 + nb) * M > h:
+            gb[h - (i0 + nb - 1) * M:, :, :, nb - 1].zero_()
+        for view, index in _block_pieces(grad, i0, nb):
+            gb[index].copy_(view)
+        gpb = torch.mm(_KA_T, gb.view(M * M, -1), out=gp[:T * T * tiles * k].view(T * T, -1))
+        gvb = torch.bmm(gpb.view(T * T, tiles, k), ut, out=gv[:T * T * tiles * c].view(T * T, tiles, c))
+        gdb = torch.mm(_KB_T, gvb.view(T * T, -1), out=gd[:T * T * tiles * c].view(T * T, -1)).view(T, T, n, nb, tw, c)
+        rows = _split(_split(gxp[:, i0 * M:(i0 + nb + 1) * M, :(tw + 1) * M], 1, nb + 1), 3, tw + 1)
+        base = rows.permute(2, 4, 0, 1, 3, 5)  # (4, 4, n, nb + 1, tw + 1, c)
+        base[:, :, :, :nb, :tw].copy_(gdb[:M, :M])
+        base[:, :T - M, :, :nb, 1:].add_(gdb[:M, M:])
+        base[:T - M, :, :, 1:, :tw].add_(gdb[M:, :M])
+        base[:T - M, :T - M, :, 1:, 1:].add_(gdb[M:, M:])
+    return _to_nchw(gxp[:, 1:h + 1, 1:w + 1], None)
