@@ -10,9 +10,9 @@ import torch.nn.functional as F
 import torchvision
 
 from stylefold.engine import color
-from stylefold.engine.features import WeightsError, build_extractor
+from stylefold.engine.features import WeightsError, avg_pool_2x2, build_extractor
 from stylefold.engine.layers import LAYER_NAMES
-from stylefold.engine.losses import gram_matrix, relu_and_gram, tv_loss
+from stylefold.engine.losses import content_loss, gram_matrix, relu_and_gram, tv_loss
 from stylefold.engine.runtime import cpu_bf16, resolve_precision
 from stylefold.engine.stylize import EngineError, StyleTargetCache, stylize
 from tests.conftest import book_params
@@ -372,3 +372,35 @@ def test_fused_grams_give_the_same_loss_and_gradient_as_plain_taps(extractor):
         results.append((loss.detach(), image.grad))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=0)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("shape", [(1, 8, 6, 10), (2, 3, 7, 9), (1, 64, 33, 34)])
+def test_the_2x2_average_pool_is_the_chapters_forward_and_backward(layout: torch.memory_format, shape) -> None:
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randn(*shape, generator=g).contiguous(memory_format=layout)
+    ours, theirs = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+    y_ours, y_theirs = avg_pool_2x2(ours), torch.nn.AvgPool2d(kernel_size=2, stride=2, padding=0)(theirs)
+    up = torch.randn(y_theirs.shape, generator=g)
+    y_ours.backward(up)
+    y_theirs.backward(up)
+    assert type(y_ours.grad_fn).__name__ == "_AvgPool2x2Backward"
+    assert torch.equal(y_ours, y_theirs)
+    assert ours.grad is not None and theirs.grad is not None
+    assert torch.equal(ours.grad, theirs.grad)  # odd sizes: the unpooled last row/column get 0
+    assert ours.grad.is_contiguous(memory_format=layout)
+
+
+def test_content_loss_is_the_chapters_mse_loss() -> None:
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(1, 16, 9, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    target = torch.randn(1, 16, 9, 7, generator=g)
+    ours, theirs = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+    loss_ours, loss_theirs = content_loss(ours, target), F.mse_loss(theirs, target)
+    (3 * loss_ours).backward()
+    (3 * loss_theirs).backward()
+    torch.testing.assert_close(loss_ours, loss_theirs, rtol=1e-6, atol=0)
+    assert ours.grad is not None and theirs.grad is not None
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="differ"):
+        content_loss(x0, target[..., :6])  # F.mse_loss would broadcast with a warning
