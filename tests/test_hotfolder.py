@@ -1140,3 +1140,30 @@ def test_one_sidecar_applies_to_every_image_of_its_name(rig: Rig) -> None:
     assert {Path(r).stem for r in results} == {"a-side", "a-side-2"}
     assert "a.json" in rig.done()
     rig.assert_nothing_lost()
+
+
+def test_a_lane_that_loses_a_file_to_a_sibling_lane_says_so_at_debug_only(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`serve --broker` runs several lanes (Services) in one process on one folder; each
+    new file is raced for by all of them. A loss to another process is said at INFO, a
+    loss to a lane of this process only at DEBUG (it was one INFO line per lane)."""
+    from stylefold.hotfolder.origins import DefaultPreset
+
+    rig.drop_photo("a.jpg")
+    rig.drop_photo("b.jpg")
+    first, second = rig.make_service(), rig.make_service()
+    lost = "was taken by another process"
+
+    def candidate(name: str) -> Candidate:
+        return Candidate(rig.inbox / name, None, DefaultPreset(name="tiny"), name)
+
+    with caplog.at_level(logging.DEBUG, logger="stylefold.hotfolder.service"):
+        taken = first._claim(candidate("a.jpg"))
+        assert taken is not None
+        assert second._claim(candidate("a.jpg")) is None
+        (rig.inbox / "b.jpg").unlink()  # the user took it back, or another daemon did
+        assert second._claim(candidate("b.jpg")) is None
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if lost in r.getMessage()]
+    assert said == [(logging.DEBUG, f"a.jpg {lost} (or removed)"), (logging.INFO, f"b.jpg {lost} (or removed)")]
+    taken.release()

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from ..names import fit
 from .layout import HotFolder
 from .origins import Origin, SidecarPreset
 
-__all__ = ["Claim", "ClaimMeta", "FailureNote", "FinalMove", "claim", "interrupted_claims", "is_held"]
+__all__ = ["Claim", "ClaimMeta", "FailureNote", "FinalMove", "claim", "claimed_here", "interrupted_claims", "is_held"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,18 @@ def is_held(folder: Path) -> bool:
     return False
 
 
+_claimed: dict[Path, float] = {}  # inbox paths this process claimed, and when (monotonic)
+_claimed_lock = threading.Lock()
+
+
+def claimed_here(image: Path) -> bool:
+    """Whether this process claimed ``image`` (an inbox path) in the last minute: the lanes
+    of ``serve --broker`` race for each new file, and a lane that lost to a sibling lane
+    need not say so at INFO."""
+    with _claimed_lock:
+        return time.monotonic() - _claimed.get(image, -60.0) < 60.0
+
+
 def claim(hot: HotFolder, image: Path, sidecar: Path | None, source: str, origin: Origin) -> Claim | None:
     """Move ``image`` (and ``sidecar``) from the inbox into a new locked work folder.
     None if the file is gone (another daemon took it, or the user did).
@@ -207,6 +220,10 @@ def claim(hot: HotFolder, image: Path, sidecar: Path | None, source: str, origin
     except BaseException:
         _abandon(result, building)
         raise
+    with _claimed_lock:
+        if len(_claimed) > 1000:  # a months-long run keeps it small
+            _claimed.clear()
+        _claimed[image] = time.monotonic()
     if sidecar is not None:
         try:
             _claim_sidecar(result, sidecar, image)

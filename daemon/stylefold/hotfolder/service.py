@@ -31,7 +31,7 @@ from ..job.spec import Caps, JobSpec
 from ..names import printable
 from ..presets import PresetLibrary
 from .admin import clock
-from .claims import Claim, claim, interrupted_claims
+from .claims import Claim, claim, claimed_here, interrupted_claims
 from .describe import describe
 from .journal import Journal
 from .layout import HotFolder
@@ -243,8 +243,9 @@ class Service:
                 self._trouble_said.add(said)  # EXDEV: inbox/ and .stylefold/ on two filesystems (see doctor)
                 logger.error("cannot claim %s (%s); it stays in the inbox and is tried again", candidate.source, exc)
             return None
-        if taken is None:
-            logger.info("%s was taken by another process (or removed)", candidate.source)
+        if taken is None:  # a sibling lane (serve --broker) that took it says so itself: DEBUG then
+            level = logging.DEBUG if claimed_here(candidate.path) else logging.INFO
+            logger.log(level, "%s was taken by another process (or removed)", candidate.source)
         else:
             self.space.room()
         return taken
