@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,17 +177,25 @@ def run_time_to_result(args: argparse.Namespace) -> int:
                 print(_line(row), flush=True)
     if args.json:
         print(json.dumps({"device": str(device), "photo": list(Image.open(photo).size),
-                          "rows": [{**asdict(r), "speedup": r.speedup, "loss_ratio": r.loss_ratio,
-                                   "picture_loss_ratio": r.picture_loss_ratio} for r in rows]},
-                         indent=2))
+                          "rows": [_json_row(r) for r in rows]}, indent=2))
     return 0
+
+
+def _json_row(r: TimeToResult) -> dict[str, Any]:
+    """A row for ``--json``: without the flat run (``--no-flat``) its figures are null
+    (``NaN`` is not JSON)."""
+    row = {**asdict(r), "speedup": r.speedup, "loss_ratio": r.loss_ratio, "picture_loss_ratio": r.picture_loss_ratio}
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
 
 def _line(r: TimeToResult) -> str:
     preview = f"{r.preview_s:.1f} s" if r.preview_s is not None else "none"
     stopped = f", stopped early at {r.stopped_early_at}" if r.stopped_early_at else ""
-    return (f"{r.preset} at {r.size}: preview {preview}, result {r.result_s:.1f} s ({r.steps_run} steps{stopped}, "
-            f"total loss {r.final_total:.4g}); flat {r.flat_s:.1f} s ({r.flat_steps} steps, {r.flat_final_total:.4g}): "
-            f"{r.speedup:.2f}x sooner, loss x{r.loss_ratio:.3f}; the finished pictures' loss {r.picture_total:.4g} "
-            f"against {r.flat_picture_total:.4g}: x{r.picture_loss_ratio:.3f}")
+    line = (f"{r.preset} at {r.size}: preview {preview}, result {r.result_s:.1f} s ({r.steps_run} steps{stopped}, "
+            f"total loss {r.final_total:.4g}); ")
+    if not r.flat_steps:
+        return line + f"flat not run (--no-flat); the finished picture's loss {r.picture_total:.4g}"
+    return line + (f"flat {r.flat_s:.1f} s ({r.flat_steps} steps, {r.flat_final_total:.4g}): "
+                   f"{r.speedup:.2f}x sooner, loss x{r.loss_ratio:.3f}; the finished pictures' loss "
+                   f"{r.picture_total:.4g} against {r.flat_picture_total:.4g}: x{r.picture_loss_ratio:.3f}")
 
