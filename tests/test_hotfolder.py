@@ -1167,3 +1167,31 @@ def test_a_lane_that_loses_a_file_to_a_sibling_lane_says_so_at_debug_only(
     said = [(r.levelno, r.getMessage()) for r in caplog.records if lost in r.getMessage()]
     assert said == [(logging.DEBUG, f"a.jpg {lost} (or removed)"), (logging.INFO, f"b.jpg {lost} (or removed)")]
     taken.release()
+
+
+def test_a_sibling_lane_that_loses_while_the_winner_is_still_renaming_says_so_at_debug(
+    rig: Rig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The losing lane can look the moment the winner's rename is done, before claim()
+    returns: the path must be noted as this process's by then."""
+    from stylefold.hotfolder import claims
+    from stylefold.hotfolder.origins import DefaultPreset
+
+    rig.drop_photo("a.jpg")
+    first, second = rig.make_service(), rig.make_service()
+    image = rig.inbox / "a.jpg"
+    candidate = Candidate(image, None, DefaultPreset(name="tiny"), "a.jpg")
+    rename, lost = claims.os.rename, []
+
+    def rename_then_race(src: Any, dst: Any) -> None:
+        rename(src, dst)
+        if Path(src) == image:  # the sibling lane tries the file just taken
+            lost.append(second._claim(candidate))
+
+    monkeypatch.setattr(claims.os, "rename", rename_then_race)
+    with caplog.at_level(logging.DEBUG, logger="stylefold.hotfolder.service"):
+        taken = first._claim(candidate)
+    assert taken is not None and lost == [None]
+    said = [r.levelno for r in caplog.records if "was taken by another process" in r.getMessage()]
+    assert said == [logging.DEBUG]
+    taken.release()

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from ..failures import FailureKind
 from ..fsops import move_no_clobber, same_bytes, write_atomic
 from ..job.spec import JobSpec
 from ..names import fit
+from .claimed import begin_claim, claimed_here, end_claim, not_claimed
 from .layout import HotFolder
 from .origins import Origin, SidecarPreset
 
@@ -169,18 +169,6 @@ def is_held(folder: Path) -> bool:
     return False
 
 
-_claimed: dict[Path, float] = {}  # inbox paths this process claimed, and when (monotonic)
-_claimed_lock = threading.Lock()
-
-
-def claimed_here(image: Path) -> bool:
-    """Whether this process claimed ``image`` (an inbox path) in the last minute: the lanes
-    of ``serve --broker`` race for each new file, and a lane that lost to a sibling lane
-    need not say so at INFO."""
-    with _claimed_lock:
-        return time.monotonic() - _claimed.get(image, -60.0) < 60.0
-
-
 def claim(hot: HotFolder, image: Path, sidecar: Path | None, source: str, origin: Origin) -> Claim | None:
     """Move ``image`` (and ``sidecar``) from the inbox into a new locked work folder.
     None if the file is gone (another daemon took it, or the user did).
@@ -212,22 +200,23 @@ def claim(hot: HotFolder, image: Path, sidecar: Path | None, source: str, origin
     except BaseException:
         _abandon(result, building)
         raise
+    begin_claim(image)  # before the rename: a sibling lane that lost must find it noted
     try:
         os.rename(image, result.image)
     except FileNotFoundError:
+        end_claim(image, taken=False)
         result.finish()
         return None
     except BaseException:
+        end_claim(image, taken=False)
         _abandon(result, building)
         raise
-    with _claimed_lock:
-        if len(_claimed) > 1000:  # a months-long run keeps it small
-            _claimed.clear()
-        _claimed[image] = time.monotonic()
+    end_claim(image, taken=True)
     if sidecar is not None:
         try:
             _claim_sidecar(result, sidecar, image)
         except BaseException:
+            not_claimed(image)
             _give_back(result, image, sidecar)
             raise
     return result
