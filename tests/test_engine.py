@@ -404,3 +404,5 @@ def test_content_loss_is_the_chapters_mse_loss() -> None:
     torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="differ"):
         content_loss(x0, target[..., :6])  # F.mse_loss would broadcast with a warning
+    with pytest.raises(ValueError, match="detach"):
+        content_loss(x0, target.clone().requires_grad_())

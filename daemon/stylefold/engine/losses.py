@@ -91,6 +91,8 @@ def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error between activations (the chapter's ``mse_loss(ip, target)``)."""
     if features.shape != target.shape:
         raise ValueError(f"content features {tuple(features.shape)} and target {tuple(target.shape)} differ")
+    if target.requires_grad:  # the backward gives the target no gradient
+        raise ValueError("a content target is a constant: detach it")
     loss: torch.Tensor = _MeanSquaredError.apply(features.float(), target)
     return loss
 
