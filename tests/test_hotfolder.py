@@ -897,6 +897,29 @@ def test_file_name_that_is_not_utf8_is_processed(rig: Rig) -> None:
 # ---------------------------------------------------------------- init, submit, status
 
 
+def test_serve_in_the_folder_init_made_serves_that_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`stylefold init DIR && cd DIR && stylefold serve`: the commands read DIR's
+    stylefold.toml and DIR is the hot folder, rather than a new DIR/hotfolders."""
+    from stylefold.config import load_config
+
+    root = tmp_path / "studio"
+    assert main(["init", str(root)]) == 0
+    monkeypatch.chdir(root)
+    assert load_config(environ={}).root.resolve() == root.resolve()
+    (root / "stylefold.toml").write_text('root = "elsewhere"\nthreads = 3\n')
+    config = load_config(environ={})
+    assert (config.root.resolve(), config.threads) == ((root / "elsewhere").resolve(), 3)
+    # A root given, or a ./hotfolders of its own, wins as before.
+    assert load_config(overrides={"root": tmp_path / "other"}, environ={}).threads != 3
+    assert load_config(environ={"STYLEFOLD_ROOT": str(tmp_path / "other")}).threads != 3
+    (root / "hotfolders").mkdir()
+    (root / "hotfolders" / "stylefold.toml").write_text("threads = 5\n")
+    config = load_config(environ={})
+    assert (config.root, config.threads) == (Path("hotfolders"), 5)
+    monkeypatch.chdir(tmp_path)  # no stylefold.toml here: the embedded default root
+    assert load_config(environ={}).root == Path("hotfolders")
+
+
 def test_init_creates_the_tree_and_a_config_whose_keys_are_all_valid(tmp_path: Path) -> None:
     root = tmp_path / "studio"
     assert main(["init", str(root)]) == 0

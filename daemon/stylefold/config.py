@@ -109,17 +109,24 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Build the effective config. ``config_file`` defaults to ``STYLEFOLD_CONFIG``, then
-    ``<root>/stylefold.toml`` if it exists. ``overrides`` are command-line values (None =
-    not given)."""
+    ``<root>/stylefold.toml`` if it exists, then (no root given) ``./stylefold.toml``,
+    whose folder is then the root unless it names one. ``overrides`` are command-line
+    values (None = not given)."""
     env = os.environ if environ is None else environ
     cli = {k: v for k, v in (overrides or {}).items() if v is not None}
     from_env = {key: env[var] for var, key in ENV_KEYS.items() if env.get(var)}
     path = config_file or (Path(env["STYLEFOLD_CONFIG"]) if env.get("STYLEFOLD_CONFIG") else None)
+    in_cwd = False
     if path is None:
-        root = Path(cli.get("root") or from_env.get("root") or Config().root)
-        candidate = root / CONFIG_NAME
-        path = candidate if candidate.is_file() else None
+        given = cli.get("root") or from_env.get("root")
+        candidate = Path(given or Config().root) / CONFIG_NAME
+        # No root given and no ./hotfolders/stylefold.toml: the current folder's, as in
+        # `stylefold init DIR && cd DIR && stylefold serve`; that folder is then the root.
+        in_cwd = given is None and not candidate.is_file() and Path(CONFIG_NAME).is_file()
+        path = candidate if candidate.is_file() else Path(CONFIG_NAME) if in_cwd else None
     from_file = _read_toml(path) if path is not None else {}
+    if in_cwd:
+        from_file.setdefault("root", ".")
     merged = {**from_file, **from_env, **cli}
     web_env = {key: env[var] for var, key in WEB_ENV_KEYS.items() if env.get(var)}
     if web_env:
