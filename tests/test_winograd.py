@@ -64,6 +64,13 @@ def test_it_runs_only_where_it_pays() -> None:
     assert not wide.pays(x)
     trainable = Winograd3x3(nn.Conv2d(256, 256, 3, padding=1))
     assert not trainable.pays(torch.randn(1, 256, 8, 8))  # it gives no weight gradient
+    bias_only = Winograd3x3(_frozen_conv(256, 256))
+    assert bias_only.conv.bias is not None
+    bias_only.conv.bias.requires_grad_()
+    x = torch.randn(1, 256, 8, 8)
+    assert not bias_only.pays(x)  # nor a bias gradient
+    bias_only(x).sum().backward()
+    assert bias_only.conv.bias.grad is not None
 
 
 def test_changed_weights_are_transformed_again() -> None:

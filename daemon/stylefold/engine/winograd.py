@@ -86,8 +86,12 @@ class Winograd3x3(nn.Module):
 
     def pays(self, x: torch.Tensor) -> bool:
         return (self.enabled and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-                and not torch.is_autocast_enabled("cpu") and not self.conv.weight.requires_grad
+                and not torch.is_autocast_enabled("cpu") and not self._trainable()
                 and max(self.conv.in_channels, self.conv.out_channels) >= self.min_channels)
+
+    def _trainable(self) -> bool:
+        """Its backward gives the input a gradient, and the weight and bias none."""
+        return any(p.requires_grad for p in self.conv.parameters())
 
     def _transformed_kernel(self) -> torch.Tensor:
         """``U``, (36, C, K): made once, in float64, and again only if the weights change."""
