@@ -48,7 +48,7 @@ def run_case(case: str, content: Path, style: Path, weights: Path, size: int, st
 
     tune_cpu_allocator()  # as `stylefold run` / `serve` do on the CPU
     extractor = build_extractor(weights)
-    extractor.winograd = not case.endswith("direct")
+    extractor.conv_method = "direct" if case.endswith("direct") else "auto"
     params = book_params(steps=steps, init="content", precision="bf16" if case.endswith("bf16") else "fp32")
     result = stylize(extractor, image_to_tensor(content, size), [(image_to_tensor(style, size), 1.0)], params)
     assert torch.isfinite(result.image).all()

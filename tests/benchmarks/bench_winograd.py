@@ -4,9 +4,11 @@
 
 Two parts, both in one process with the arms interleaved (a shared machine's speed drifts
 by more than the difference measured): each VGG19 conv shape at that size, forward plus
-input gradient; then seconds per step of each preset with ``extractor.winograd`` on and
-off (``stylefold.job.bench.time_steps``, the median of ``--steps`` steps). Each figure is
-the median over ``--rounds``. Not a pytest test: speed is reported, never asserted.
+input gradient, by each of ``winograd.METHODS`` and by what ``auto`` picks for it; then
+seconds per step of each preset with every conv direct and with ``auto``
+(``stylefold.job.bench.time_steps``, the median of ``--steps`` steps), and which method
+each conv ran. Each figure is the median over ``--rounds``. Not a pytest test: speed is
+reported, never asserted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import torch
 from torch import nn
 
+from stylefold.engine.conv_methods import METHODS, onednn_products
 from stylefold.engine.features import build_extractor
 from stylefold.engine.runtime import tune_cpu_allocator
 from stylefold.engine.winograd import Winograd3x3
@@ -39,19 +42,24 @@ def _fwd_bwd_seconds(conv: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> fl
 
 
 def bench_layers(size: int, rounds: int) -> None:
-    print(f"layer    shape              direct s  winograd s  speed-up   (forward + input gradient, {size} px)")
+    methods = [m for m in METHODS if m != "winograd-onednn" or onednn_products()]
+    print(f"forward + input gradient at {size} px, seconds; speed-up against direct; auto: what it picks")
+    print(f"{'layer':<8} {'shape':<18}" + "".join(f"{m:>22}" for m in methods) + "   auto")
     for name, c, k, stride in SHAPES:
         h, w = size // stride, size * 4 // 3 // stride
         conv = nn.Conv2d(c, k, 3, padding=1).requires_grad_(False)
-        wino = Winograd3x3(conv, min_channels=0)  # timed even where it does not pay
+        wino = Winograd3x3(conv, min_channels=0)  # timed even where it cannot pay
         x = torch.randn(1, c, h, w).contiguous(memory_format=torch.channels_last)
         grad = torch.randn(1, k, h, w).contiguous(memory_format=torch.channels_last)
-        times: dict[str, list[float]] = {"direct": [], "winograd": []}
-        for _ in range(rounds + 1):  # the first round warms both up
-            times["direct"].append(_fwd_bwd_seconds(conv, x, grad))
-            times["winograd"].append(_fwd_bwd_seconds(wino, x, grad))
-        d, wg = (statistics.median(v[1:]) for v in times.values())
-        print(f"{name:<8} {c:>3}->{k:<3} {h:>4}x{w:<5} {d:>10.3f} {wg:>11.3f} {d / wg:>8.2f}x")
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for _ in range(rounds + 1):  # the first round warms each up
+            for m in methods:
+                wino.method = m
+                times[m].append(_fwd_bwd_seconds(wino, x, grad))
+        median = {m: statistics.median(v[1:]) for m, v in times.items()}
+        wino.method = "auto"
+        cells = "".join(f"{median[m]:>13.3f} {median['direct'] / median[m]:>7.2f}x" for m in methods)
+        print(f"{name:<8} {c:>3}->{k:<3} {h:>4}x{w:<5}  {cells}   {wino.method_for(x)}")
 
 
 def bench_presets(presets: list[str], size: int, steps: int, rounds: int) -> None:
@@ -60,16 +68,20 @@ def bench_presets(presets: list[str], size: int, steps: int, rounds: int) -> Non
     gen = torch.Generator().manual_seed(0)
     content = torch.rand(1, 3, size, size * 4 // 3, generator=gen)
     style = torch.rand(1, 3, size, size, generator=gen)
-    print(f"preset   direct s/step  winograd s/step  speed-up   ({size}x{size * 4 // 3}, fp32, {rounds} rounds)")
+    print(f"preset   direct s/step  auto s/step  speed-up   ({size}x{size * 4 // 3}, fp32, {rounds} rounds)")
     for name in presets:
         params = dataclasses.replace(engine_params(library.load(name), "fp32"), steps=steps)
-        times: dict[bool, list[float]] = {False: [], True: []}
+        times: dict[str, list[float]] = {"direct": [], "auto": []}
+        chosen: dict[str, str] = {}
         for _ in range(rounds):
-            for on in (False, True):
-                extractor.winograd = on
-                times[on].append(time_steps(extractor, params, content, style, steps))
-        d, wg = statistics.median(times[False]), statistics.median(times[True])
-        print(f"{name:<8} {d:>13.3f} {wg:>16.3f} {d / wg:>9.2f}x   all: direct {times[False]}, winograd {times[True]}")
+            for method in times:
+                extractor.conv_method = method  # type: ignore[assignment]
+                times[method].append(time_steps(extractor, params, content, style, steps))
+                if method == "auto":
+                    chosen = extractor.conv_methods()
+        d, a = statistics.median(times["direct"]), statistics.median(times["auto"])
+        print(f"{name:<8} {d:>13.3f} {a:>12.3f} {d / a:>9.2f}x   all: direct {times['direct']}, auto {times['auto']}")
+        print("         auto ran: " + ", ".join(f"{layer} {m}" for layer, m in chosen.items() if layer != "conv1_1"))
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv_methods import METHODS, Method
 from .layers import LAYER_NAMES, TAPPABLE_LAYERS
 from .losses import relu_and_gram
 from .winograd import Winograd3x3
@@ -72,8 +73,8 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         if len(features) != len(LAYER_NAMES):
             raise WeightsError(f"expected VGG19 features with {len(LAYER_NAMES)} modules, got {len(features)}")
-        # Each conv runs as Winograd F(4x4, 3x3) where that pays (the CPU, fp32, the
-        # wide layers): same weights, a quarter of the multiplications (winograd.py).
+        # Each conv may run as Winograd F(4x4, 3x3) (the CPU, fp32, the wide layers),
+        # where measured faster: same weights, a quarter of the multiplications (winograd.py).
         self.convs = nn.ModuleDict(
             {name: Winograd3x3(_conv(features[i])) for name, i in _INDEX.items() if name.startswith("conv")}
         )
@@ -87,14 +88,22 @@ class FeatureExtractor(nn.Module):
         return next(self.parameters()).device
 
     @property
-    def winograd(self) -> bool:
-        """Whether the wide convs may run as Winograd (on by default; off for A/B runs)."""
-        return all(conv.enabled for conv in self._winograd_convs())
+    def conv_method(self) -> str:
+        """How the wide convs run: ``"auto"`` (the default: each shape by the method
+        measured fastest, winograd.py) or one of ``winograd.METHODS``, forced for A/B runs."""
+        return self._winograd_convs()[0].method
 
-    @winograd.setter
-    def winograd(self, on: bool) -> None:
+    @conv_method.setter
+    def conv_method(self, method: Method | Literal["auto"]) -> None:
+        if method != "auto" and method not in METHODS:
+            raise ValueError(f"conv method must be auto or one of {', '.join(METHODS)}, got {method!r}")
         for conv in self._winograd_convs():
-            conv.enabled = on
+            conv.method = method
+
+    def conv_methods(self) -> dict[str, str]:
+        """What each conv that has run ran at its last call."""
+        return {name: conv.last_method for name, conv in self.convs.items()
+                if isinstance(conv, Winograd3x3) and conv.last_method is not None}
 
     def _winograd_convs(self) -> list[Winograd3x3]:
         return [conv for conv in self.convs.values() if isinstance(conv, Winograd3x3)]

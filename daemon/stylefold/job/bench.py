@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..engine.conv_methods import flop_formulas, linear_onednn, onednn_products
 from ..engine.features import FeatureExtractor, build_extractor
 from ..engine.runtime import cpu_bf16, resolve_device, resolve_precision, tune_cpu_allocator
 from ..engine.stylize import StyleParams, stylize
@@ -45,20 +46,27 @@ class BenchRow:
     gflops: float
     peak_gflops: float
     fraction_of_peak: float
+    convolutions: dict[str, str]  # what each conv ran (winograd.METHODS) in the timed steps
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 3) -> float:
-    """GFLOP/s of an n x n x n matmul, best of ``reps`` after one warm-up."""
+    """GFLOP/s of an n x n x n matmul, best of ``reps`` after one warm-up. On the CPU in
+    fp32 the faster of ``torch.mm`` (MKL) and oneDNN's matmul: on AMD CPUs MKL's runs at
+    about half of what the cores do (measured on a Zen 5), which would understate the peak."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
+    products: list[Any] = [lambda: a @ b]
+    if device.type == "cpu" and dtype == torch.float32 and onednn_products():
+        products.append(lambda: linear_onednn(a, b))
     best = float("inf")
-    for i in range(reps + 1):
-        _sync(device)
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        if i:
-            best = min(best, time.perf_counter() - t)
+    for product in products:
+        for i in range(reps + 1):
+            _sync(device)
+            t = time.perf_counter()
+            product()
+            _sync(device)
+            if i:
+                best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
 
@@ -78,14 +86,17 @@ def time_steps(extractor: FeatureExtractor, params: StyleParams, content: torch.
 
 
 def step_flops(extractor: FeatureExtractor, params: StyleParams, content: torch.Tensor, style: torch.Tensor) -> float:
-    """FLOPs of one step: a 1-step run minus a 0-step run (which computes only targets)."""
-    counts = []
-    for steps in (0, 1):
+    """FLOPs of one step: a 1-step run minus a 0-step run (which computes only targets),
+    after a 0-step run uncounted (one-off work: Winograd's transformed kernels, the
+    measurement of each conv's method)."""
+    def count(steps: int) -> int:
         run = dataclasses.replace(params, steps=steps, snapshot_every=0, early_stop=False)
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
             stylize(extractor, content, [(style, 1.0)], run)
-        counts.append(counter.get_total_flops())
-    return float(counts[1] - counts[0])
+        return int(counter.get_total_flops())
+
+    count(0)
+    return float(count(1) - count(0))
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -110,10 +121,11 @@ def run_bench(args: argparse.Namespace) -> int:
             for precision in precisions:
                 params = engine_params(preset, precision)
                 seconds = time_steps(extractor, params, content, style, args.steps)
+                ran = extractor.conv_methods()
                 flops = step_flops(extractor, params, content, style)
                 gflops = flops / seconds / 1e9
                 row = BenchRow(name, size, size * 4 // 3, precision, seconds, flops / 1e9, gflops,
-                               peaks[precision], gflops / peaks[precision])
+                               peaks[precision], gflops / peaks[precision], ran)
                 rows.append(row)
                 logger.info("%s %dx%d %s: %.4f s/step, %.1f GFLOP/step, %.0f GFLOP/s = %.0f%% of peak",
                             name, row.height, row.width, precision, seconds, row.gflop_per_step, gflops,
@@ -158,10 +170,15 @@ def _print(rows: list[BenchRow], device: torch.device, peaks: dict[str, float], 
     for r in rows:
         print(f"{r.preset:<8} {f'{r.height}x{r.width}':>9} {r.precision:<5} {r.s_per_step:>8.4f} "
               f"{r.gflop_per_step:>10.1f} {r.gflops:>8.0f} {100 * r.fraction_of_peak:>7.0f}%")
+    for r in rows:
+        if any(m != "direct" for m in r.convolutions.values()):
+            print(f"{r.preset} {r.height}x{r.width} {r.precision} ran Winograd: "
+                  + ", ".join(f"{layer} {m}" for layer, m in r.convolutions.items() if m != "direct"))
 
 
 def _convolutions(device: torch.device) -> str:
     if device.type != "cpu":
         return "the device library's own (it picks Winograd or direct itself)"
-    return (f"Winograd F(4x4, 3x3) in fp32 where {MIN_CHANNELS}+ channels go in or out, oneDNN direct "
-            "elsewhere and in bf16; GFLOP/step counts the multiplications done")
+    return (f"in fp32, each conv with {MIN_CHANNELS}+ channels in or out runs as whichever of oneDNN direct, "
+            "Winograd F(4x4, 3x3) with MKL products or with oneDNN products was measured fastest at its shape "
+            "in this process; oneDNN direct elsewhere and in bf16; GFLOP/step counts the multiplications done")
