@@ -15,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from stylefold import fsops
+from stylefold.engine import conv_methods
 from stylefold.engine.stylize import StyleParams
 from stylefold.failures import FailureKind, JobFailure, classify
 from stylefold.job.checkpoint import Checkpoint
@@ -123,6 +124,39 @@ def test_run_job_stops_with_a_checkpoint_that_resumes_bit_for_bit(extractor: Any
     assert stopped.checkpoint.spec_identity == spec.identity()
     resumed = run_job(spec, resident, resume=stopped.checkpoint)
     assert isinstance(whole, Done) and isinstance(resumed, Done)
+    assert [r["total_loss"] for r in resumed.rendered.rows] == [r["total_loss"] for r in whole.rendered.rows]
+
+
+def test_a_job_resumed_in_another_process_runs_each_conv_as_before(extractor: Any, files: tuple[Path, Path],
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    # The first process measured Winograd fastest everywhere; the next would measure
+    # direct. The checkpoint's choices win: the methods differ by fp32 rounding.
+    measured: list[str] = []
+
+    def timer(pick: str) -> Any:
+        def fake(runners: dict[str, Any], rounds: int = 2) -> dict[str, float]:
+            measured.append(pick)
+            return {m: 0.5 if m == pick else 1.0 for m in runners}
+        return fake
+
+    spec, resident = _spec(*files), Resident(extractor)
+    monkeypatch.setattr(conv_methods, "_CHOSEN", {})
+    monkeypatch.setattr(conv_methods, "time_methods", timer("winograd"))
+    whole = run_job(spec, resident)
+    steps: list[int] = []
+    stopped = run_job(spec, resident, JobCallbacks(on_step=lambda i: steps.append(i.step),
+                                                   should_stop=lambda: len(steps) >= 2))
+    assert isinstance(stopped, Stopped) and {m for _, m in stopped.checkpoint.conv_methods} == {"winograd"}
+    path = tmp_path / "job.ckpt"
+    stopped.checkpoint.save(path)
+    first = len(measured)
+    monkeypatch.setattr(conv_methods, "_CHOSEN", {})  # a new process
+    monkeypatch.setattr(conv_methods, "time_methods", timer("direct"))
+    resumed = run_job(spec, resident, resume=Checkpoint.load(path))
+    assert isinstance(whole, Done) and isinstance(resumed, Done)
+    assert first > 0 and len(measured) == first  # nothing measured again
+    assert set(extractor.conv_methods().values()) == {"direct", "winograd"}  # conv1_x are direct
     assert [r["total_loss"] for r in resumed.rendered.rows] == [r["total_loss"] for r in whole.rendered.rows]
 
 

@@ -4,6 +4,7 @@ measured faster."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -247,3 +248,35 @@ def test_the_bench_counts_onednn_products_as_the_same_work() -> None:
         flops[method] = step_flops(extractor, params, content, style)
     assert flops["winograd"] == flops["winograd-onednn"]
     assert 0 < flops["winograd"] < flops["direct"]  # a quarter of the multiplications, on the wide layers
+
+
+def test_a_method_that_fails_while_measured_is_left_out(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("oneDNN refuses this shape")
+
+    monkeypatch.setattr(winograd, "linear_onednn", refuse)
+    monkeypatch.setattr(conv_methods, "onednn_products", lambda: True)
+    monkeypatch.setattr(winograd, "onednn_products", lambda: True)
+    conv = _frozen_conv(128, 128)
+    wino = Winograd3x3(conv)
+    x = torch.randn(1, 128, 12, 16)
+    with caplog.at_level(logging.WARNING, logger="stylefold.engine.conv_methods"):
+        y = wino(x)  # the job goes on
+    assert wino.last_method in ("direct", "winograd")
+    assert list(conv_methods._CHOSEN.values()) == [wino.last_method]
+    assert caplog.text.count("winograd-onednn failed, not used: oneDNN refuses this shape") == 1
+    torch.testing.assert_close(y, conv(x), rtol=0, atol=1e-4 * y.abs().max().item())
+
+
+def test_choices_travel_in_a_checkpoint_and_only_well_formed_ones_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    conv_methods._CHOSEN.update({(1, 128, 128, 14, 2): "winograd", (1, 256, 256, 12, 2): "direct"})
+    entries = conv_methods.snapshot()
+    assert entries == [([1, 128, 128, 14, 2], "winograd"), ([1, 256, 256, 12, 2], "direct")]
+    monkeypatch.setattr(conv_methods, "_CHOSEN", {})
+    hostile = [*entries, "junk", (["1", 2, 3, 4, 5], "direct"), ([1, 2, 3], "direct"), ([1, 2, 3, 4, 5], "os.system"),
+               ([1, 2, 3, 4, True], "direct")]
+    assert conv_methods.adopt(hostile) == 2 and conv_methods.adopt({"not": "a list"}) == 0
+    assert conv_methods._CHOSEN == {(1, 128, 128, 14, 2): "winograd", (1, 256, 256, 12, 2): "direct"}
+    monkeypatch.setattr(conv_methods, "onednn_products", lambda: False)
+    assert conv_methods.adopt([([1, 64, 128, 10, 2], "winograd-onednn")]) == 0  # it cannot run here: measured

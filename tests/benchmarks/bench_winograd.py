@@ -57,9 +57,9 @@ def bench_layers(size: int, rounds: int) -> None:
                 wino.method = m
                 times[m].append(_fwd_bwd_seconds(wino, x, grad))
         median = {m: statistics.median(v[1:]) for m, v in times.items()}
-        wino.method = "auto"
+        auto = Winograd3x3(conv).method_for(x)  # the real one: it never tries below MIN_CHANNELS
         cells = "".join(f"{median[m]:>13.3f} {median['direct'] / median[m]:>7.2f}x" for m in methods)
-        print(f"{name:<8} {c:>3}->{k:<3} {h:>4}x{w:<5}  {cells}   {wino.method_for(x)}")
+        print(f"{name:<8} {c:>3}->{k:<3} {h:>4}x{w:<5}  {cells}   {auto}")
 
 
 def bench_presets(presets: list[str], size: int, steps: int, rounds: int) -> None:
@@ -76,6 +76,7 @@ def bench_presets(presets: list[str], size: int, steps: int, rounds: int) -> Non
         for _ in range(rounds):
             for method in times:
                 extractor.conv_method = method  # type: ignore[assignment]
+                extractor.forget_conv_methods()
                 times[method].append(time_steps(extractor, params, content, style, steps))
                 if method == "auto":
                     chosen = extractor.conv_methods()

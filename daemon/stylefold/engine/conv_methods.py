@@ -23,8 +23,8 @@ from typing import Any, Literal, get_args
 
 import torch
 
-__all__ = ["DROP", "MARGIN", "METHODS", "Method", "choose", "chosen", "flop_formulas", "linear_onednn",
-           "onednn_products", "shape_key", "time_methods"]
+__all__ = ["DROP", "MARGIN", "METHODS", "Method", "adopt", "choose", "chosen", "flop_formulas", "linear_onednn",
+           "onednn_products", "shape_key", "snapshot", "time_methods"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ DROP = 1.5  # a method this much slower than direct in the warm-up is not timed 
 # The fastest method measured per shape (``shape_key``): one process-wide table, so that
 # every extractor, job and resumed job in a process computes a shape the same way.
 _CHOSEN: dict[tuple[int, ...], Method] = {}
+KEY_LENGTH = 5  # shape_key's
+MAX_ADOPTED = 4096  # more entries than any job makes: a checkpoint's list is not trusted
 
 
 def chosen(key: tuple[int, ...]) -> Method | None:
@@ -46,13 +48,51 @@ def chosen(key: tuple[int, ...]) -> Method | None:
 
 def choose(key: tuple[int, ...], runners: dict[Method, Callable[[], object]], label: str) -> Method:
     """Time ``runners`` (a forward and input gradient by each method) and record the
-    fastest for ``key``: a Winograd method only if ``MARGIN`` faster than direct."""
-    seconds = time_methods(runners)
+    fastest for ``key``: a Winograd method only if ``MARGIN`` faster than direct. A
+    Winograd method that fails here (oneDNN refusing a shape, memory) is left out."""
+    def guarded(method: Method, run: Callable[[], object]) -> Callable[[], object]:
+        def attempt() -> object:
+            if method in failed:
+                return None
+            try:
+                return run()
+            except RuntimeError as exc:  # torch's errors, out of memory included
+                logger.warning("%s: %s failed, not used: %s", label, method, exc)
+                failed.add(method)
+                return None
+        return attempt
+
+    failed: set[Method] = set()
+    seconds = time_methods({m: run if m == "direct" else guarded(m, run) for m, run in runners.items()})
+    seconds = {m: t for m, t in seconds.items() if m not in failed}
     fastest = min(seconds, key=seconds.__getitem__)
     method: Method = fastest if seconds[fastest] * MARGIN <= seconds["direct"] else "direct"
     logger.debug("%s: %s (%s)", label, method, ", ".join(f"{m} {1000 * t:.1f} ms" for m, t in seconds.items()))
     _CHOSEN[key] = method
     return method
+
+
+def snapshot() -> list[tuple[list[int], str]]:
+    """This process's choices as plain data, for a checkpoint."""
+    return [(list(key), method) for key, method in _CHOSEN.items()]
+
+
+def adopt(entries: object) -> int:
+    """Take a checkpoint's choices (``snapshot``) as this process's, so that a job resumed
+    in another process computes each size as it did before: the methods differ by fp32
+    rounding, which would otherwise change the rest of the run. Entries that are not
+    well-formed, or whose method cannot run here, are skipped (a checkpoint can come from
+    a worker box). Returns how many were taken."""
+    taken = 0
+    for entry in list(entries)[:MAX_ADOPTED] if isinstance(entries, list | tuple) else []:
+        if not (isinstance(entry, list | tuple) and len(entry) == 2):
+            continue
+        key, method = entry
+        if (isinstance(key, list | tuple) and len(key) == KEY_LENGTH and all(type(v) is int for v in key)
+                and method in METHODS and (method != "winograd-onednn" or onednn_products())):
+            _CHOSEN[tuple(key)] = method
+            taken += 1
+    return taken
 
 
 def time_methods(runners: dict[Method, Callable[[], object]], rounds: int = 2) -> dict[Method, float]:

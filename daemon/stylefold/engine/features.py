@@ -101,9 +101,13 @@ class FeatureExtractor(nn.Module):
             conv.method = method
 
     def conv_methods(self) -> dict[str, str]:
-        """What each conv that has run ran at its last call."""
+        """What each conv that has run since ``forget_conv_methods`` ran at its last call."""
         return {name: conv.last_method for name, conv in self.convs.items()
                 if isinstance(conv, Winograd3x3) and conv.last_method is not None}
+
+    def forget_conv_methods(self) -> None:
+        for conv in self._winograd_convs():
+            conv.last_method = None
 
     def _winograd_convs(self) -> list[Winograd3x3]:
         return [conv for conv in self.convs.values() if isinstance(conv, Winograd3x3)]

@@ -89,13 +89,16 @@ def step_flops(extractor: FeatureExtractor, params: StyleParams, content: torch.
     """FLOPs of one step: a 1-step run minus a 0-step run (which computes only targets),
     after a 0-step run uncounted (one-off work: Winograd's transformed kernels, the
     measurement of each conv's method)."""
+    def run(steps: int) -> None:
+        stylize(extractor, content, [(style, 1.0)],
+                dataclasses.replace(params, steps=steps, snapshot_every=0, early_stop=False))
+
     def count(steps: int) -> int:
-        run = dataclasses.replace(params, steps=steps, snapshot_every=0, early_stop=False)
         with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
-            stylize(extractor, content, [(style, 1.0)], run)
+            run(steps)
         return int(counter.get_total_flops())
 
-    count(0)
+    run(0)  # outside the counter: its per-op overhead would bias the measurement
     return float(count(1) - count(0))
 
 
@@ -120,6 +123,7 @@ def run_bench(args: argparse.Namespace) -> int:
             style = torch.rand(1, 3, size, size, generator=gen)
             for precision in precisions:
                 params = engine_params(preset, precision)
+                extractor.forget_conv_methods()
                 seconds = time_steps(extractor, params, content, style, args.steps)
                 ran = extractor.conv_methods()
                 flops = step_flops(extractor, params, content, style)

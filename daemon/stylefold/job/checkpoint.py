@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from ..engine import conv_methods
 from ..engine.pyramid import PyramidState
 from ..engine.stylize import EngineState, best_from_payload, best_payload
 from ..fsops import write_atomic
@@ -41,6 +42,9 @@ class Checkpoint:
     pyramid: PyramidState | None = None
     preview: str | None = None
     precision: str | None = None  # the run's: a job gone over to fp32 resumes in fp32
+    # How each conv size ran (engine/conv_methods.py), taken up again on resume: the
+    # methods differ by fp32 rounding, and a resumed job must go on as it went.
+    conv_methods: list[tuple[list[int], str]] = field(default_factory=conv_methods.snapshot)
 
     @property
     def step(self) -> int:
@@ -58,6 +62,7 @@ class Checkpoint:
             "pyramid": self.pyramid.to_payload() if self.pyramid is not None else None,
             "preview": self.preview,
             "precision": self.precision,
+            "conv_methods": self.conv_methods,
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
@@ -82,7 +87,8 @@ class Checkpoint:
         pyramid = PyramidState.from_payload(payload["pyramid"]) if payload.get("pyramid") is not None else None
         preview, precision = payload.get("preview"), payload.get("precision")
         return cls(str(payload.get("spec_identity", "")), state, list(payload["rows"]), snaps, pyramid,
-                   str(preview) if preview is not None else None, str(precision) if precision is not None else None)
+                   str(preview) if preview is not None else None, str(precision) if precision is not None else None,
+                   payload.get("conv_methods") or [])
 
 
 @dataclass

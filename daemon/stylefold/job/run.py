@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..engine import conv_methods
 from ..engine.features import FeatureExtractor
 from ..engine.pyramid import PyramidState, Scale, bytes_per_pixel, plan_key, plan_pyramid, stylize_pyramid
 from ..engine.runtime import memory_budget_bytes, resolve_precision
@@ -126,6 +127,7 @@ def _run(spec: JobSpec, resident: Resident, callbacks: JobCallbacks, resume: Che
                        preview_base=base, exif=prepared.loaded.exif, t0=t0, precision=precision)
     if resume is not None:
         record.resume_from(resume)
+        conv_methods.adopt(resume.conv_methods)  # each conv size runs as it did before the stop
     t_engine = time.perf_counter()
     try:
         result = _optimise(spec, resident, prepared, precision, resume, record, plan)
