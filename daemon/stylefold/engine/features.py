@@ -90,7 +90,7 @@ class FeatureExtractor(nn.Module):
     @property
     def conv_method(self) -> str:
         """How the wide convs run: ``"auto"`` (the default: each shape by the method
-        measured fastest, winograd.py) or one of ``winograd.METHODS``, forced for A/B runs."""
+        measured fastest, conv_methods.py) or one of ``conv_methods.METHODS``, forced for A/B runs."""
         return self._winograd_convs()[0].method
 
     @conv_method.setter

@@ -46,7 +46,7 @@ class BenchRow:
     gflops: float
     peak_gflops: float
     fraction_of_peak: float
-    convolutions: dict[str, str]  # what each conv ran (winograd.METHODS) in the timed steps
+    convolutions: dict[str, str]  # what each conv ran (conv_methods.METHODS) in the timed steps
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 3) -> float:
